@@ -1,0 +1,59 @@
+"""The trace formats replay reads, by name, and detection from a file's content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from replay.trace.formats import azure, burstgpt, jsonl, parquet, splitwise
+from replay.trace.formats.base import Chunk, Format, ReadReport
+from replay.trace.formats.csvfile import read_header
+from replay.trace.schema import TraceError
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (jsonl.CANONICAL, parquet.FORMAT, azure.FORMAT, burstgpt.FORMAT, jsonl.MOONCAKE,
+              splitwise.SPLITWISE, splitwise.LENGTHS_ONLY)
+}
+
+
+def detect(path: Path) -> Format:
+    """The format of `path`, told from its content (never its name); ambiguity is an error."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        first = b""
+        for raw in f:
+            if raw.strip():
+                first = raw
+                break
+    if head == b"PAR1":
+        return FORMATS["parquet"]
+    if not first.strip():
+        raise TraceError(path, None, None, "empty file: no requests")
+    text = first.decode("utf-8-sig", errors="replace").strip()
+    if text.startswith("{"):
+        try:
+            keys = set(json.loads(text))
+        except json.JSONDecodeError:
+            raise TraceError(path, 1, None, "starts like JSON Lines but its first line is not valid JSON") from None
+        if "input_tokens" in keys:
+            return FORMATS["jsonl"]
+        if "input_length" in keys:
+            return FORMATS["mooncake"]
+        raise TraceError(path, 1, None, f"JSON Lines with unknown fields {sorted(keys)}; expected the canonical "
+                                        "form (input_tokens, ...) or Mooncake (input_length, ...); see --format")
+    header = set(read_header(path))
+    if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= header:
+        return FORMATS["azure"]
+    if {"Timestamp", "Request tokens", "Response tokens"} <= header:
+        return FORMATS["burstgpt"]
+    if {"arrived_at", "num_prefill_tokens", "num_decode_tokens"} <= header:
+        return FORMATS["splitwise"]
+    if {"num_prefill_tokens", "num_decode_tokens"} <= header:
+        return FORMATS["lengths"]
+    raise TraceError(path, 1, None, f"cannot tell the format from the header {text[:120]!r}; "
+                                    f"use --format (one of {', '.join(FORMATS)})")
+
+
+__all__ = ["FORMATS", "Chunk", "Format", "ReadReport", "detect"]

@@ -1,0 +1,45 @@
+"""BurstGPT CSV: ``Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type``.
+
+Newer files insert ``Session ID,Elapsed time`` as columns 2-3, so columns are read by name. Timestamp is in
+seconds from the trace start. Rows with 0 response tokens are failed requests: excluded and counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+
+from replay.trace.formats import csvfile
+from replay.trace.formats.base import Chunk, Format, ReadReport
+
+COLUMNS = ["Timestamp", "Request tokens", "Response tokens"]
+FAILED = "failed request (0 response tokens)"
+
+
+def read(path: Path, report: ReadReport) -> Iterator[Chunk]:
+    header = csvfile.read_header(path)
+    csvfile.require_columns(path, header, COLUMNS, "BurstGPT")
+    wanted = COLUMNS + (["Session ID"] if "Session ID" in header else [])
+    types = {"Timestamp": pa.float64(), "Request tokens": pa.int64(), "Response tokens": pa.int64(),
+             "Session ID": pa.string()}
+    for lines, cols in csvfile.iter_columns(path, header, wanted, {c: types[c] for c in wanted}):
+        report.rows_read += len(lines)
+        out = csvfile.to_int(path, lines, cols["Response tokens"], "Response tokens")
+        chunk = Chunk(
+            line=lines,
+            id=csvfile.row_ids(lines),
+            input_tokens=csvfile.to_int(path, lines, cols["Request tokens"], "Request tokens"),
+            output_tokens=out,
+            arrival_ns=csvfile.to_seconds_ns(path, lines, cols["Timestamp"], "Timestamp"),
+            extra={"session_id": cols["Session ID"]} if "Session ID" in cols else {},
+        )
+        failed = out == 0
+        report.exclude(FAILED, failed.sum())
+        yield chunk.take(~failed) if failed.any() else chunk
+
+
+FORMAT = Format("burstgpt", "BurstGPT CSV, either column layout (failed requests excluded and counted)", read,
+                ("Request tokens", "Response tokens", "Timestamp"))

@@ -1,0 +1,206 @@
+"""Streaming CSV reading shared by the CSV formats: pyarrow batches, exact source lines, located errors.
+
+Every column is read as text and converted here, so a bad value is reported with its file, line and
+field rather than as a generic parse failure. Blank lines are skipped (line numbers stay exact).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from replay.trace.formats.base import first_bad
+from replay.trace.schema import TraceError
+
+BLOCK_BYTES = 8 << 20
+
+
+def read_header(path: Path) -> list[str]:
+    """The header's column names (BOM and surrounding spaces stripped); empty files are an error."""
+    with open(path, "rb") as f:
+        raw = f.readline()
+    if not raw.strip():
+        raise TraceError(path, None if not raw else 1, None, "empty file: expected a CSV header and rows")
+    text = raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    return [c.strip() for c in next(csv.reader([text]))]
+
+
+def require_columns(path: Path, header: list[str], needed: list[str], fmt: str) -> None:
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise TraceError(
+            path, 1, missing[0],
+            f"missing column for the {fmt} format; expected columns {', '.join(needed)}, "
+            f"the header has {', '.join(header) or '(nothing)'}",
+        )
+
+
+def iter_columns(path: Path, header: list[str], columns: list[str],
+                 types: dict[str, pa.DataType] | None = None) -> Iterator[tuple[np.ndarray, dict[str, pa.Array]]]:
+    """Yield (source lines, {column: values}) per block of rows, blank lines dropped.
+
+    With `types`, blocks are converted by pyarrow directly (the fast path); at the first block that does
+    not convert cleanly, reading goes on from that block as trimmed text, which the `to_*` helpers below
+    convert with located errors. Without `types`, everything is read as text.
+    """
+    done = 0  # data rows already yielded
+    if types:
+        try:
+            for lines, cols in _blocks(path, header, columns, types, done):
+                if any(c.null_count for c in cols.values()):
+                    break
+                yield lines, cols
+                done += len(lines)
+            else:
+                return
+        except pa.ArrowInvalid:
+            pass
+    for lines, cols in _blocks(path, header, columns, None, done):
+        cols = {c: pc.utf8_trim_whitespace(a) for c, a in cols.items()}
+        blank = np.ones(len(lines), dtype=bool)
+        for arr in cols.values():
+            blank &= pc.equal(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False)
+        if blank.any():
+            keep = pa.array(np.flatnonzero(~blank))
+            lines = lines[~blank]
+            cols = {c: a.take(keep) for c, a in cols.items()}
+        if len(lines):
+            yield lines, cols
+
+
+def _blocks(path: Path, header: list[str], columns: list[str], types: dict[str, pa.DataType] | None,
+            skip: int) -> Iterator[tuple[np.ndarray, dict[str, pa.Array]]]:
+    """Raw pyarrow blocks after the header and `skip` data rows, with each row's line number."""
+    column_types = dict(types) if types else {c: pa.string() for c in header}
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header, skip_rows=1 + skip),
+        parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(include_columns=columns, column_types=column_types,
+                                             strings_can_be_null=False),
+    )
+    line0 = 2 + skip
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as exc:
+            if types:
+                raise
+            raise _locate_structure_error(path, len(header), exc) from None
+        n = batch.num_rows
+        yield np.arange(line0, line0 + n, dtype=np.int64), {c: batch.column(c) for c in columns}
+        line0 += n
+
+
+def _locate_structure_error(path: Path, ncols: int, exc: Exception) -> TraceError:
+    """Find the line whose field count is wrong, with Python's csv module (error path only)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if row and len(row) != ncols:
+                return TraceError(path, line_no, None, f"expected {ncols} comma-separated fields, got {len(row)}")
+    return TraceError(path, None, None, f"unreadable CSV: {exc}")
+
+
+def to_int(path: Path, lines: np.ndarray, values: pa.Array, field: str) -> np.ndarray:
+    """Whole numbers from text ('44' and '44.0' both read as 44); anything else names its line."""
+    if pa.types.is_integer(values.type):
+        return values.to_numpy()
+    try:
+        return pc.cast(values, pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        pass
+    try:
+        as_float = pc.cast(values, pa.float64()).to_numpy()
+        if np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float)):
+            return as_float.astype(np.int64)
+    except pa.ArrowInvalid:
+        pass
+    for i, text in enumerate(values.to_pylist()):
+        why = int_problem(text)
+        if why:
+            raise TraceError(path, int(lines[i]), field, why)
+    raise AssertionError("unreachable: a value failed to convert but none was found")  # pragma: no cover
+
+
+def int_problem(text: object) -> str | None:
+    """Why `text` is not a whole number of tokens, or None if it is one."""
+    if text is None or text == "":
+        return "missing value; expected a positive whole number of tokens"
+    if isinstance(text, bool):
+        return f"expected a whole number of tokens, got {text!r}"
+    if isinstance(text, int):
+        return None
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        return f"expected a whole number of tokens, got {text!r}"
+    if x != x or x in (float("inf"), float("-inf")):
+        return f"expected a whole number of tokens, got {text!r}"
+    if x != int(x):
+        return f"fractional token count {text!r}; expected a whole number"
+    return None
+
+
+def to_seconds_ns(path: Path, lines: np.ndarray, values: pa.Array, field: str) -> np.ndarray:
+    """Times in (float) seconds as text -> int64 ns; non-numbers, NaN and infinities name their line."""
+    try:
+        secs = pc.cast(values, pa.float64()).to_numpy()  # typed columns (the fast path) pass straight through
+    except pa.ArrowInvalid:
+        i = first_bad(values, lambda a: pc.cast(a, pa.float64()))
+        raise TraceError(path, int(lines[i]), field,
+                         f"unparsable time {values[i].as_py()!r}; expected seconds as a number") from None
+    bad = ~np.isfinite(secs)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise TraceError(path, int(lines[i]), field, f"time {values[i].as_py()!r} is not a finite number of seconds")
+    return np.round(secs * 1e9).astype(np.int64)
+
+
+def to_timestamp_ns(path: Path, lines: np.ndarray, values: pa.Array, field: str, with_zone: bool) -> np.ndarray:
+    """ISO timestamps as text -> int64 ns since the epoch (UTC when the text carries a zone offset)."""
+    target = timestamp_type(with_zone)
+    if pa.types.is_timestamp(values.type):
+        return values.cast(pa.int64()).to_numpy()
+    try:
+        return pc.cast(values, target).cast(pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        i = first_bad(values, lambda a: pc.cast(a, target))
+        text = values[i].as_py()
+        if text == "":
+            why = "missing timestamp"
+        elif with_zone:
+            why = f"unparsable timestamp {text!r}; expected like '2024-05-10 00:00:00.009930+00:00' " \
+                  "(the file's first row has a time zone, so every row needs one)"
+        else:
+            why = f"unparsable timestamp {text!r}; expected like '2023-11-16 18:15:46.6805900' " \
+                  "(the file's first row has no time zone, so no row may have one)"
+        raise TraceError(path, int(lines[i]), field, why) from None
+
+
+def timestamp_type(with_zone: bool) -> pa.DataType:
+    return pa.timestamp("ns", "UTC") if with_zone else pa.timestamp("ns")
+
+
+def first_value(path: Path, header: list[str], column: str) -> str:
+    """The text of `column` in the first non-blank data row ('' if there is none)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        rows = csv.reader(f)
+        next(rows, None)
+        for row in rows:
+            if any(x.strip() for x in row):
+                return row[header.index(column)].strip() if len(row) == len(header) else ""
+    return ""
+
+
+def row_ids(lines: np.ndarray, first_data_line: int = 2) -> pa.Array:
+    """Request ids for sources without any: the 0-based data row ("0", "1", ...), stable under windowing."""
+    return pc.cast(pa.array(lines - first_data_line), pa.string())
+

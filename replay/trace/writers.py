@@ -1,0 +1,142 @@
+"""Canonical trace writers (JSON Lines, Parquet), streaming and atomic: a failed write leaves no file.
+
+JSON Lines are formatted column-wise with pyarrow, so one writer serves every trace size and the output is
+byte-identical whichever path produced the rows: floats in their shortest round-trip form, compact
+separators, optional fields present only where set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from replay.trace.schema import SCHEMA, Workload
+
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+class BatchWriter(Protocol):
+    def write(self, batch: pa.RecordBatch) -> None: ...
+    def close(self) -> None: ...
+
+
+def _quoted(arr: pa.Array) -> pa.Array:
+    """JSON string literals for a string array (nulls stay null)."""
+    if pc.any(pc.match_substring_regex(arr, _NEEDS_ESCAPE)).as_py():
+        return pa.array([None if s is None else json.dumps(s, ensure_ascii=False) for s in arr.to_pylist()], pa.string())
+    return pc.binary_join_element_wise('"', arr, '"', "")
+
+
+def _blocks_text(arr: pa.Array) -> pa.Array:
+    return pa.array([None if b is None else "[" + ",".join(map(str, b)) + "]" for b in arr.to_pylist()], pa.string())
+
+
+def jsonl_lines(batch: pa.RecordBatch) -> pa.Array:
+    """One JSON object per row, each ending in a newline, as a string array."""
+    arrival = batch.column("arrival_s")
+    parts = [
+        '{"id":', _quoted(batch.column("id")),
+        ',"arrival_s":', pc.fill_null(pc.cast(arrival, pa.string()), "null"),
+        ',"input_tokens":', pc.cast(batch.column("input_tokens"), pa.string()),
+        ',"output_tokens":', pc.cast(batch.column("output_tokens"), pa.string()),
+    ]
+    for name in ("kind", "session_id", "prefix_blocks", "block_tokens"):
+        col = batch.column(name)
+        if col.null_count == len(col):
+            continue
+        if name == "prefix_blocks":
+            text = _blocks_text(col)
+        elif name == "block_tokens":
+            text = pc.cast(col, pa.string())
+        else:
+            text = _quoted(col)
+        parts.append(pc.fill_null(pc.binary_join_element_wise(f',"{name}":', text, ""), ""))
+    parts.append("}\n")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+class JsonlWriter:
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        lines = jsonl_lines(batch)
+        if isinstance(lines, pa.ChunkedArray):
+            lines = lines.combine_chunks()
+        _, offsets, data = lines.buffers()
+        offs = np.frombuffer(offsets, dtype=np.int32)[lines.offset: lines.offset + len(lines) + 1]
+        self._f.write(memoryview(data)[offs[0]: offs[-1]])
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class ParquetWriter:
+    def __init__(self, path: Path):
+        self._w = pq.ParquetWriter(path, SCHEMA, compression="snappy", use_dictionary=["kind", "session_id"])
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._w.write_batch(batch)
+
+    def close(self) -> None:
+        self._w.close()
+
+
+def writer_kind(path: Path) -> str:
+    """'parquet' or 'jsonl' from the destination's suffix; any other suffix is an error."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    raise ValueError(f"{path}: unknown output type {suffix!r}; name the file *.jsonl or *.parquet")
+
+
+@contextmanager
+def open_writer(path: str | Path) -> Iterator[BatchWriter]:
+    """A writer to a temporary file beside `path`, renamed onto it only when the block completes."""
+    path = Path(path)
+    kind = writer_kind(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    writer: BatchWriter | None = None
+    try:
+        writer = ParquetWriter(Path(tmp)) if kind == "parquet" else JsonlWriter(Path(tmp))
+        yield writer
+        writer.close()
+        writer = None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the trace should get the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_trace(workload: Workload, path: str | Path) -> None:
+    """Write a workload as JSON Lines or Parquet (by suffix), atomically."""
+    with open_writer(path) as w:
+        for batch in workload.table.to_batches(max_chunksize=1 << 20):
+            w.write(batch)
+
+
