@@ -6,6 +6,7 @@ validation and the same errors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -34,13 +35,18 @@ class ReadOptions:
             raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
+        for name in ("start_s", "duration_s"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value * 1e9):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number of seconds, got {value}")
         if self.start_s is not None and self.start_s < 0:
             raise ValueError(f"--start-s must be >= 0, got {self.start_s}")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError(f"--duration-s must be > 0, got {self.duration_s}")
 
 
-def _validated(path: Path, chunks: Iterator[Chunk], fields: tuple[str, str, str]) -> Iterator[Chunk]:
+def _validated(path: Path, chunks: Iterator[Chunk], fields: tuple[str, str, str],
+               unit: str = "line") -> Iterator[Chunk]:
     """Positive token counts, and times that never go backwards (checked across chunk edges too).
 
     `fields` names the input, output and time columns as the source file calls them.
@@ -48,8 +54,8 @@ def _validated(path: Path, chunks: Iterator[Chunk], fields: tuple[str, str, str]
     last_ns: int | None = None
     last_line = 0
     for chunk in chunks:
-        check_counts(path, chunk.line, chunk.input_tokens, fields[0])
-        check_counts(path, chunk.line, chunk.output_tokens, fields[1])
+        check_counts(path, chunk.line, chunk.input_tokens, fields[0], unit)
+        check_counts(path, chunk.line, chunk.output_tokens, fields[1], unit)
         t = chunk.arrival_ns
         if t is not None and len(t):
             prev = np.concatenate([[last_ns if last_ns is not None else t[0]], t[:-1]])
@@ -57,8 +63,8 @@ def _validated(path: Path, chunks: Iterator[Chunk], fields: tuple[str, str, str]
             if i is not None:
                 before = int(chunk.line[i - 1]) if i else last_line
                 raise TraceError(path, int(chunk.line[i]), fields[2],
-                                 f"time goes backwards ({(prev[i] - t[i]) / 1e9:.6g} s before line {before}); "
-                                 "the trace must be in time order (--sort reorders it, with a warning)")
+                                 f"time goes backwards ({(prev[i] - t[i]) / 1e9:.6g} s before {unit} {before}); "
+                                 "the trace must be in time order (--sort reorders it, with a warning)", unit)
             last_ns, last_line = int(t[-1]), int(chunk.line[-1])
         yield chunk
 
@@ -92,7 +98,7 @@ def canonical_batches(path: str | Path, options: ReadOptions = ReadOptions(),
 
     chunks = fmt.read(path, report)
     chunks = _sorted(chunks, report) if options.sort else chunks
-    chunks = _validated(path, chunks, fmt.fields)
+    chunks = _validated(path, chunks, fmt.fields, fmt.unit)
     windowed = options.start_s is not None or options.duration_s is not None
     start_ns = round((options.start_s or 0.0) * 1e9)
     end_ns = None if options.duration_s is None else start_ns + round(options.duration_s * 1e9)
@@ -101,12 +107,16 @@ def canonical_batches(path: str | Path, options: ReadOptions = ReadOptions(),
     left = options.limit
     kept = 0
     for chunk in chunks:
+        if not len(chunk):  # e.g. a block whose rows were all excluded
+            continue
         t = chunk.arrival_ns
         if windowed:
             if t is None:
                 raise TraceError(path, None, None, "--start-s/--duration-s need a timed trace; this one has no arrival times")
             if first_ns is None:
                 first_ns = int(t[0])
+                if report.first_arrival_ns is not None:  # the source's first request was excluded
+                    first_ns = min(first_ns, report.first_arrival_ns)
             rel = t - first_ns
             inside = rel >= start_ns
             if end_ns is not None:

@@ -24,6 +24,7 @@ from replay.trace.schema import SCHEMA, Workload
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+ROWS_PER_WRITE = 1 << 20  # JSON Lines are formatted this many rows at a time (a whole --sort trace is one batch)
 
 
 class BatchWriter(Protocol):
@@ -71,6 +72,10 @@ class JsonlWriter:
         self._f = open(path, "wb")
 
     def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows > ROWS_PER_WRITE:  # one string array holds at most 2 GiB (int32 offsets)
+            for start in range(0, batch.num_rows, ROWS_PER_WRITE):
+                self.write(batch.slice(start, ROWS_PER_WRITE))
+            return
         if batch.num_rows == 0:
             return
         lines = jsonl_lines(batch)

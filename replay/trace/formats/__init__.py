@@ -22,8 +22,8 @@ def detect(path: Path) -> Format:
     with open(path, "rb") as f:
         head = f.read(4)
         f.seek(0)
-        first = b""
-        for raw in f:
+        first, first_line = b"", 1
+        for first_line, raw in enumerate(f, start=1):
             if raw.strip():
                 first = raw
                 break
@@ -36,13 +36,14 @@ def detect(path: Path) -> Format:
         try:
             keys = set(json.loads(text))
         except json.JSONDecodeError:
-            raise TraceError(path, 1, None, "starts like JSON Lines but its first line is not valid JSON") from None
+            raise TraceError(path, first_line, None, "starts like JSON Lines but its first line is not valid JSON") from None
         if "input_tokens" in keys:
             return FORMATS["jsonl"]
         if "input_length" in keys:
             return FORMATS["mooncake"]
-        raise TraceError(path, 1, None, f"JSON Lines with unknown fields {sorted(keys)}; expected the canonical "
-                                        "form (input_tokens, ...) or Mooncake (input_length, ...); see --format")
+        raise TraceError(path, first_line, None,
+                         f"JSON Lines with unknown fields {sorted(keys)}; expected the canonical "
+                         "form (input_tokens, ...) or Mooncake (input_length, ...); see --format")
     header = set(read_header(path))
     if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= header:
         return FORMATS["azure"]

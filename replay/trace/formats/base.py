@@ -68,6 +68,7 @@ class ReadReport:
     rows_read: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    first_arrival_ns: int | None = None  # set by readers that exclude rows: the source's first time, kept or not
 
     def exclude(self, reason: str, n: int) -> None:
         if n:
@@ -83,6 +84,7 @@ class Format:
     description: str
     read: Callable[[Path, ReadReport], Iterator[Chunk]]
     fields: tuple[str, str, str] = ("input_tokens", "output_tokens", "arrival_s")
+    unit: str = "line"  # what `Chunk.line` counts, for error messages ("row" for Parquet)
 
 
 def first_bad(values: pa.Array, convert: Callable[[pa.Array], object]) -> int:
@@ -103,10 +105,10 @@ def where_first(mask: np.ndarray) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def check_counts(path: Path, chunk_line: np.ndarray, values: np.ndarray, field_name: str) -> None:
+def check_counts(path: Path, chunk_line: np.ndarray, values: np.ndarray, field_name: str, unit: str = "line") -> None:
     """Token counts must be positive whole numbers: name the first line that is not."""
     i = where_first(values <= 0)
     if i is not None:
         v = int(values[i])
         why = "zero tokens" if v == 0 else f"negative token count {v}"
-        raise TraceError(path, int(chunk_line[i]), field_name, f"{why}; expected a positive whole number")
+        raise TraceError(path, int(chunk_line[i]), field_name, f"{why}; expected a positive whole number", unit)

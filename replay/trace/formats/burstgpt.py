@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 from replay.trace.formats import csvfile
@@ -34,11 +35,19 @@ def read(path: Path, report: ReadReport) -> Iterator[Chunk]:
             input_tokens=csvfile.to_int(path, lines, cols["Request tokens"], "Request tokens"),
             output_tokens=out,
             arrival_ns=csvfile.to_seconds_ns(path, lines, cols["Timestamp"], "Timestamp"),
-            extra={"session_id": cols["Session ID"]} if "Session ID" in cols else {},
+            extra={"session_id": _session_ids(cols["Session ID"])} if "Session ID" in cols else {},
         )
+        if report.first_arrival_ns is None and len(lines):
+            report.first_arrival_ns = int(chunk.arrival_ns[0])  # the window's origin, even if this row failed
         failed = out == 0
         report.exclude(FAILED, failed.sum())
         yield chunk.take(~failed) if failed.any() else chunk
+
+
+def _session_ids(values: pa.Array) -> pa.Array:
+    """Trimmed session ids; an empty one means none (null)."""
+    values = pc.utf8_trim_whitespace(values)
+    return pc.if_else(pc.equal(pc.binary_length(values), 0), pa.scalar(None, pa.string()), values)
 
 
 FORMAT = Format("burstgpt", "BurstGPT CSV, either column layout (failed requests excluded and counted)", read,

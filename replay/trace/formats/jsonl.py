@@ -58,7 +58,10 @@ def _seconds(path: Path, line: int, value: object, key: str, scale_ns: float) ->
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TraceError(path, line, key, f"expected a number (or null), got {value!r}")
-    return round(value * scale_ns)
+    ns = value * scale_ns
+    if not abs(ns) < 2.0 ** 63:  # int64 nanoseconds: about 292 years
+        raise TraceError(path, line, key, f"time {value!r} is out of range")
+    return round(ns)
 
 
 def _text(path: Path, line: int, obj: dict, key: str) -> str | None:
@@ -71,7 +74,8 @@ def _text(path: Path, line: int, obj: dict, key: str) -> str | None:
 def _blocks(path: Path, line: int, value: object, key: str) -> list[int] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or any(isinstance(b, bool) or not isinstance(b, int) for b in value):
+    if not isinstance(value, list) or any(isinstance(b, bool) or not isinstance(b, int) or not -2 ** 63 <= b < 2 ** 63
+                                          for b in value):
         raise TraceError(path, line, key, f"expected a list of whole numbers (or null), got {value!r}")
     return value
 

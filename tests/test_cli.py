@@ -1,0 +1,252 @@
+"""The `replay` command line through click's CliRunner: help, exit codes, one-line errors, files left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import DATA, TRACES, leftovers
+from replay.cli import main
+from replay.trace import read_trace
+from replay.trace.formats.burstgpt import FAILED
+
+COMMANDS = ["convert", "stats", "bins", "synth"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_error_line(result, *needles: str):
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error:"), lines[0]
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# --- help ----------------------------------------------------------------------------------------------------
+
+def test_main_help_has_an_example():
+    result = run("--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output
+    for command in COMMANDS:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_has_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output
+    assert f"replay {command} " in result.output
+
+
+def test_short_help_flag_and_version():
+    assert run("stats", "-h").exit_code == 0
+    result = run("--version")
+    assert result.exit_code == 0 and "replay" in result.output
+
+
+def test_convert_help_lists_every_format():
+    from replay.trace import FORMATS
+    result = run("convert", "--help")
+    for name in FORMATS:
+        assert name in result.output
+
+
+# --- convert -------------------------------------------------------------------------------------------------
+
+def test_convert_sample(tmp_path):
+    dst = tmp_path / "chat.jsonl"
+    result = run("convert", DATA / "azure2023_conv_head.csv", dst, "--kind", "chat", "--limit", "50")
+    assert result.exit_code == 0, result.output
+    assert "wrote 50 requests" in result.stdout and "as azure" in result.stdout
+    assert result.stderr == ""
+    assert dst.read_bytes().splitlines() == (TRACES / "chat.jsonl").read_bytes().splitlines()[:50]
+
+
+def test_convert_window_to_parquet(tmp_path):
+    dst = tmp_path / "w.parquet"
+    result = run("convert", DATA / "mooncake_head.jsonl", dst, "--start-s", "10", "--duration-s", "20")
+    assert result.exit_code == 0, result.output
+    w = read_trace(dst)
+    assert w[0].arrival_s == 0.0 and w.arrival_s.max() < 20
+    assert f"wrote {len(w)} requests" in result.stdout
+
+
+def test_convert_reports_exclusions(tmp_path):
+    src = tmp_path / "burst.csv"
+    src.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                   "1,M,5,5,10,x\n2,M,5,0,5,x\n3,M,5,6,11,x\n4,M,7,0,7,x\n5,M,7,0,7,x\n")
+    result = run("convert", src, tmp_path / "out.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 requests" in result.stdout and "read 5 rows" in result.stdout
+    assert f"excluded 3: {FAILED}" in result.stdout
+
+
+def test_convert_sort_warns_on_stderr(tmp_path):
+    src = tmp_path / "v.csv"
+    src.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n2,1,1\n1,2,2\n3,3,3\n")
+    dst = tmp_path / "out.jsonl"
+    refused = run("convert", src, dst)
+    assert_one_error_line(refused, "v.csv:3:", "arrived_at", "--sort")
+    assert not dst.exists()
+    result = run("convert", src, dst, "--sort")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning:") and "1 requests" in result.stderr
+    assert "warning" not in result.stdout
+    assert [r.input_tokens for r in read_trace(dst)] == [2, 1, 3]
+    assert list(read_trace(dst).arrival_s) == [0.0, 1.0, 2.0]
+
+
+BAD = {
+    "negative": ("a.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,-4,1\n", "a.csv:3:",
+                 "num_prefill_tokens"),
+    "zero": ("a.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,4,0\n", "a.csv:3:",
+             "num_decode_tokens"),
+    "fraction": ("a.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n\n1,3.5,1\n", "a.csv:4:",
+                 "num_prefill_tokens"),
+    "missing value": ("a.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,,1\n", "a.csv:3:",
+                      "num_prefill_tokens"),
+    "non-numeric": ("a.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,many,1\n", "a.csv:3:",
+                    "num_prefill_tokens"),
+    "timestamp": ("az.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,1,1\r\n"
+                  "yesterday,1,1", "az.csv:3:", "TIMESTAMP"),
+    "backwards": ("az.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,1,1\r\n"
+                  "2023-11-16 18:15:45.0000000,1,1", "az.csv:3:", "TIMESTAMP"),
+    "missing column": ("b.csv", "Timestamp,Model,Request tokens,Total tokens,Log Type\n1,M,1,1,x\n", "b.csv:1:",
+                       "Response tokens"),
+    "too many fields": ("a.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,1,1,1\n", "a.csv:3:",
+                        "fields"),
+    "bad json": ("c.jsonl", '{"id":"a","arrival_s":0,"input_tokens":1,"output_tokens":1}\n{"id":\n', "c.jsonl:2:",
+                 "JSON"),
+    "not an object": ("c.jsonl", '{"id":"a","arrival_s":0,"input_tokens":1,"output_tokens":1}\n"x"\n',
+                      "c.jsonl:2:", "object"),
+    "missing input_tokens": ("c.jsonl", '{"id":"a","arrival_s":0,"input_tokens":1,"output_tokens":1}\n'
+                             '{"id":"b","arrival_s":1,"output_tokens":1}\n', "c.jsonl:2:", "input_tokens"),
+    "blank file": ("e.jsonl", "\n \n", "e.jsonl", "empty"),
+    "zero-byte file": ("e.csv", "", "e.csv", "empty"),
+    "header only": ("h.csv", "arrived_at,num_prefill_tokens,num_decode_tokens\r\n", "h.csv", "no requests"),
+    "unknown header": ("u.csv", "a,b,c\n1,2,3\n", "u.csv:1:", "--format"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_convert_errors(tmp_path, case, suffix):
+    name, content, where, what = BAD[case]
+    src = tmp_path / name
+    src.write_text(content, newline="")
+    fmt = ["--format", "burstgpt"] if case == "missing column" else []
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run("convert", src, out / f"dst{suffix}", *fmt)
+    assert_one_error_line(result, where, what)
+    assert leftovers(out) == []  # neither the destination nor a temporary .part file
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--limit", "0"], "--limit"),
+    (["--start-s", "-1"], "--start-s"),
+    (["--duration-s", "0"], "--duration-s"),
+    (["--duration-s", "inf"], "--duration-s"),
+    (["--start-s", "1e300"], "--start-s"),
+    (["--start-s", "nan"], "--start-s"),
+])
+def test_convert_bad_options(tmp_path, args, needle):
+    result = run("convert", DATA / "azure2023_code_head.csv", tmp_path / "o.jsonl", *args)
+    assert_one_error_line(result, needle)
+    assert leftovers(tmp_path) == []
+
+
+def test_convert_window_on_untimed_trace(tmp_path):
+    src = tmp_path / "l.csv"
+    src.write_text("num_prefill_tokens,num_decode_tokens\n1,2\n")
+    result = run("convert", src, tmp_path / "o.jsonl", "--duration-s", "5")
+    assert_one_error_line(result, "l.csv", "timed")
+    assert leftovers(tmp_path) == ["l.csv"]
+
+
+def test_convert_unknown_format_and_missing_source(tmp_path):
+    result = run("convert", DATA / "azure2023_code_head.csv", tmp_path / "o.jsonl", "--format", "excel")
+    assert result.exit_code == 2  # a usage error from click
+    result = run("convert", tmp_path / "nope.csv", tmp_path / "o.jsonl")
+    assert_one_error_line(result, "nope.csv", "no such file")
+    result = run("convert", DATA / "azure2023_code_head.csv", tmp_path / "o.txt")
+    assert_one_error_line(result, "o.txt", ".jsonl")
+    assert leftovers(tmp_path) == []
+
+
+# --- stats, bins, synth --------------------------------------------------------------------------------------
+
+def test_stats_json():
+    result = run("stats", TRACES / "code.jsonl", "--json")
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert set(stats) == {"requests", "duration_s", "rate_per_s", "interarrival_cv", "input_tokens", "output_tokens"}
+    assert set(stats["input_tokens"]) == {"mean", "std", "median", "p99", "min", "max"}
+    assert stats["requests"] == 8_819
+    summary = {k: tuple(stats[k][s] for s in ("min", "median", "max")) for k in ("input_tokens", "output_tokens")}
+    assert summary == {"input_tokens": (3, 1469, 7437), "output_tokens": (6, 13, 1899)}
+
+
+def test_stats_table_on_any_format():
+    result = run("stats", DATA / "azure2023_conv_head.csv")
+    assert result.exit_code == 0, result.output
+    assert "300" in result.stdout
+    result = run("stats", DATA / "mooncake_head.jsonl", "--format", "mooncake")
+    assert result.exit_code == 0 and "200" in result.stdout
+
+
+def test_stats_error_is_one_line(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"id":"a","arrival_s":0,"input_tokens":1,"output_tokens":1}\n'
+                   '{"id":"b","arrival_s":1,"input_tokens":1.5,"output_tokens":1}\n')
+    assert_one_error_line(run("stats", src), "bad.jsonl:2:", "input_tokens")
+    assert_one_error_line(run("bins", src), "bad.jsonl:2:", "input_tokens")
+
+
+def test_bins_csv_and_json():
+    result = run("bins", TRACES / "chat.jsonl", "--csv")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "input_bin,output_bin,requests"
+    counts = [int(line.split(",")[2]) for line in lines[1:]]
+    assert len(counts) == 8 * 7 and 0 < sum(counts) <= 19_366
+    result = run("bins", TRACES / "chat.jsonl", "--json", "--input-bins", "512,2048", "--output-bins", "64,256")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["input_bins"] == [512, 2048]
+    assert run("bins", TRACES / "chat.jsonl", "--json", "--csv").exit_code == 2
+
+
+def test_synth_writes_what_stats_reads(tmp_path):
+    dst = tmp_path / "s.jsonl"
+    result = run("synth", dst, "--input", "const:100", "--output", "uniform:5,10", "--requests", "40",
+                 "--rate", "4", "--seed", "3", "--kind", "syn")
+    assert result.exit_code == 0, result.output
+    assert "wrote 40" in result.stdout
+    stats = json.loads(run("stats", dst, "--json").stdout)
+    assert stats["requests"] == 40 and stats["input_tokens"]["min"] == stats["input_tokens"]["max"] == 100
+    assert {r.kind for r in read_trace(dst)} == {"syn"}
+    like = tmp_path / "like.parquet"
+    result = run("synth", like, "--like", TRACES / "code.jsonl", "--requests", "30")
+    assert result.exit_code == 0, result.output
+    assert len(read_trace(like)) == 30
+    again = tmp_path / "again.jsonl"
+    run("synth", again, "--input", "const:100", "--output", "uniform:5,10", "--requests", "40",
+        "--rate", "4", "--seed", "3", "--kind", "syn")
+    assert again.read_bytes() == dst.read_bytes()  # seeded
+
+
+def test_synth_bad_spec_is_one_line(tmp_path):
+    result = run("synth", tmp_path / "s.jsonl", "--input", "weird:1", "--output", "const:1", "--requests", "3")
+    assert_one_error_line(result)
+    assert leftovers(tmp_path) == []
