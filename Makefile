@@ -16,9 +16,9 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $@
+	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
 	$(BIN)/replay stats $(TRACE)

@@ -89,6 +89,7 @@ def test_azure2024_form(write):
 @pytest.mark.parametrize("first,other", [
     ("2024-05-10 00:00:00.009930+00:00", "2024-05-10 00:00:02.000000"),
     ("2023-11-16 18:15:46.6805900", "2023-11-16 18:15:47.0000000+00:00"),
+    ("2023-11-16", "2023-11-16 18:15:47.0000000+00:00"),  # a date's "-16" is not a zone offset
 ])
 def test_azure_mixed_zone_rows_are_an_error(write, first, other):
     path = write("mixed.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"

@@ -16,7 +16,7 @@ from replay.trace.formats import csvfile
 from replay.trace.formats.base import Chunk, Format, ReadReport
 
 COLUMNS = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
-_ZONE = re.compile(r"(Z|[+-]\d\d(:?\d\d)?)$")
+_ZONE = re.compile(r"\d:\d\d(:\d\d(\.\d*)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$")  # an offset after a time of day
 
 
 def read(path: Path, report: ReadReport) -> Iterator[Chunk]:

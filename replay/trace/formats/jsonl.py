@@ -98,10 +98,10 @@ class _Rows:
         if self.timed is None:
             self.timed, self.first_line = timed, line
         elif timed != self.timed:
-            had = "has" if self.timed else "has no"
+            had = "has an arrival time" if self.timed else "has none"
             raise TraceError(self.path, line, self.time_field,
                              f"{'missing' if not timed else 'unexpected'} arrival time: line {self.first_line} "
-                             f"{had} one, and a trace is either timed on every line or on none")
+                             f"{had}, and a trace is either timed on every line or on none")
         self.line.append(line), self.id.append(id_), self.inp.append(inp), self.out.append(out)
         self.arr.append(arrival_ns)
         for k, v in extra.items():
