@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from replay.trace.formats import FORMATS, Chunk, ReadReport, detect
 from replay.trace.formats.base import check_counts, where_first
-from replay.trace.schema import SCHEMA, TraceError, Workload
+from replay.trace.schema import OPTIONAL, SCHEMA, TraceError, Workload
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _to_batch(chunk: Chunk, base_ns: int | None, kind: str | None) -> pa.RecordB
     arrival = pa.nulls(n, pa.float64()) if chunk.arrival_ns is None else pa.array((chunk.arrival_ns - base_ns) / 1e9)
     cols = {"id": chunk.id, "arrival_s": arrival,
             "input_tokens": pa.array(chunk.input_tokens), "output_tokens": pa.array(chunk.output_tokens)}
-    for name in ("kind", "session_id", "prefix_blocks", "block_tokens"):
+    for name in OPTIONAL:
         cols[name] = chunk.extra.get(name, pa.nulls(n, SCHEMA.field(name).type))
     if kind is not None:
         cols["kind"] = pa.repeat(pa.scalar(kind, pa.string()), n)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from replay.trace.schema import SCHEMA, Workload
+from replay.trace.schema import OPTIONAL, SCHEMA, Workload
 
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -52,7 +52,7 @@ def jsonl_lines(batch: pa.RecordBatch) -> pa.Array:
         ',"input_tokens":', pc.cast(batch.column("input_tokens"), pa.string()),
         ',"output_tokens":', pc.cast(batch.column("output_tokens"), pa.string()),
     ]
-    for name in ("kind", "session_id", "prefix_blocks", "block_tokens"):
+    for name in OPTIONAL:
         col = batch.column(name)
         if col.null_count == len(col):
             continue

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from replay.trace.formats.base import OPTIONAL_ARROW, Chunk, Format, ReadReport
 from replay.trace.formats.csvfile import int_problem
-from replay.trace.schema import TraceError
+from replay.trace.schema import OPTIONAL, TraceError
 
 ROWS_PER_CHUNK = 65536
 MOONCAKE_BLOCK_TOKENS = 512
@@ -155,7 +155,7 @@ def _canonical_row(path: Path):
 
 
 def read_canonical(path: Path, report: ReadReport) -> Iterator[Chunk]:
-    return _read_rows(path, report, ("kind", "session_id", "prefix_blocks", "block_tokens"), "arrival_s",
+    return _read_rows(path, report, OPTIONAL, "arrival_s",
                       _canonical_row(path))
 
 
