@@ -74,18 +74,25 @@ def _like_timing(like: Workload) -> tuple[float | None, float | None]:
     return rate, cv
 
 
+def gamma_gaps_s(rng: np.random.Generator, n: int, rate_per_s: float, cv: float) -> np.ndarray:
+    """n inter-arrival gaps, gamma with shape 1/cv^2 and scale 1/(rate*shape): mean 1/rate, CV cv.
+
+    This is vLLM's benchmark burstiness (burstiness = 1/cv^2); cv=1 gives Poisson arrivals.
+    """
+    k = 1.0 / cv**2
+    return rng.gamma(k, 1.0 / (rate_per_s * k), size=n)
+
+
 def _arrivals_s(rng: np.random.Generator, rate_per_s: float, cv: float,
                 requests: int | None, duration_s: float | None) -> np.ndarray:
     """Arrival times from 0.0 with gamma gaps (shape 1/cv^2, mean 1/rate), ``requests`` of them or all
     before ``duration_s``; rounded to whole ns."""
-    k = 1.0 / cv**2
-    scale = 1.0 / (rate_per_s * k)
     if requests is not None:
-        t = np.concatenate([[0.0], np.cumsum(rng.gamma(k, scale, size=max(requests - 1, 0)))])
+        t = np.concatenate([[0.0], np.cumsum(gamma_gaps_s(rng, max(requests - 1, 0), rate_per_s, cv))])
     else:
         chunk, parts, end = int(rate_per_s * duration_s * 1.1) + 16, [np.zeros(1)], 0.0
         while end < duration_s:  # draw chunks until an arrival lands at or beyond duration_s
-            parts.append(end + np.cumsum(rng.gamma(k, scale, size=chunk)))
+            parts.append(end + np.cumsum(gamma_gaps_s(rng, chunk, rate_per_s, cv)))
             end = parts[-1][-1]
         t = np.concatenate(parts)
         t = t[t < duration_s]
