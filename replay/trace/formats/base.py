@@ -9,14 +9,9 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from replay.trace.schema import TraceError
+from replay.trace.schema import OPTIONAL, SCHEMA, TraceError
 
-OPTIONAL_ARROW = {
-    "kind": pa.string(),
-    "session_id": pa.string(),
-    "prefix_blocks": pa.list_(pa.int64()),
-    "block_tokens": pa.int64(),
-}
+OPTIONAL_ARROW = {name: SCHEMA.field(name).type for name in OPTIONAL}  # the optional columns' Arrow types
 
 
 @dataclass
