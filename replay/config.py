@@ -1,0 +1,155 @@
+"""A run's configuration: one frozen dataclass, validated, written to ``config.yaml`` fully resolved.
+
+``RunConfig.from_dict`` reads the same keys from a YAML file (``replay run --config FILE``); an unknown key or a
+bad value is an error naming the key. Defaults are vLLM's serving defaults where vLLM has one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from replay.arrivals import OFFLINE, ONLINE, PROCESSES
+
+__all__ = ["ENGINES", "RunConfig", "load_config"]
+
+ENGINES = ("sim",)
+RATE_SCALE_HOW = ("compress", "thin-dup")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``replay run`` needs; ``resolve()`` fills in the arrival process from the mode."""
+
+    trace: str
+    engine: str = "sim"
+    mode: str = "online"                     # online | offline
+    arrival: str | None = None               # a key of replay.arrivals.PROCESSES; None: chosen from the mode
+    rate_per_s: float | None = None          # poisson / gamma
+    cv: float | None = None                  # gamma burstiness
+    concurrency: int | None = None           # closed loop
+    batch_size: int | None = None            # static batches ([Na25])
+    speedup: float = 1.0                     # timed
+    seed: int = 0
+    rate_scale: float = 1.0
+    rate_scale_how: str = "compress"
+    start_s: float | None = None             # window of the trace, seconds from its start
+    duration_s: float | None = None
+    limit: int | None = None                 # first N requests (after the window)
+    model: str = "llama-3.1-8b"
+    gpu: str = "h100-sxm"
+    dtype: str | None = None                 # None: the model's torch_dtype
+    tp: int = 1
+    replicas: int = 1
+    router: str = "round-robin"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    kv_blocks: int | None = None             # None: sized from memory
+    max_model_len: int | None = None         # None: the model's context length
+    chunked_prefill: bool = True
+    prefix_caching: bool = False
+    perf: str | None = None                  # fitted performance parameters (replay calibrate --perf)
+    slo: str | None = None                   # "ttft=2s,tpot=100ms"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
+        if self.mode not in ("online", "offline"):
+            raise ValueError(f"mode: expected 'online' or 'offline', got {self.mode!r}")
+        if self.arrival is not None:
+            if self.arrival not in PROCESSES:
+                raise ValueError(f"arrival: unknown process {self.arrival!r}; expected one of {', '.join(PROCESSES)}")
+            family = ONLINE if self.mode == "online" else OFFLINE
+            if self.arrival not in family:
+                raise ValueError(f"arrival: {self.arrival!r} is not an {self.mode} process "
+                                 f"({self.mode}: {', '.join(sorted(family))})")
+        if self.rate_scale_how not in RATE_SCALE_HOW:
+            raise ValueError(f"rate_scale_how: expected one of {', '.join(RATE_SCALE_HOW)}, got {self.rate_scale_how!r}")
+        for name in ("rate_per_s", "cv", "speedup", "rate_scale", "gpu_memory_utilization", "duration_s"):
+            value = getattr(self, name)
+            if value is not None and not (_number(value) and value > 0):
+                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+        if self.start_s is not None and not (_number(self.start_s) and self.start_s >= 0):
+            raise ValueError(f"start_s: expected a finite number >= 0, got {self.start_s!r}")
+        if self.gpu_memory_utilization > 1:
+            raise ValueError(f"gpu_memory_utilization: expected a fraction in (0, 1], got {self.gpu_memory_utilization}")
+        for name in ("concurrency", "batch_size", "limit", "tp", "replicas", "max_num_seqs", "max_num_batched_tokens",
+                     "block_size", "kv_blocks", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
+
+    def resolve(self) -> "RunConfig":
+        """Pick the arrival process from the mode and the options given, when not named."""
+        if self.arrival is not None:
+            return self
+        if self.mode == "offline":
+            arrival = "static" if self.batch_size is not None else "offline"
+        elif self.concurrency is not None:
+            arrival = "closed"
+        elif self.cv is not None:
+            arrival = "gamma"
+        elif self.rate_per_s is not None:
+            arrival = "poisson"
+        else:
+            arrival = "timed"
+        return replace(self, arrival=arrival)
+
+    def arrival_params(self) -> dict[str, Any]:
+        """The parameters the chosen arrival process takes (rate_per_s may still need the trace's rate)."""
+        name = self.resolve().arrival
+        if name == "timed":
+            return {"speedup": self.speedup}
+        if name == "poisson":
+            return {"rate_per_s": self.rate_per_s, "seed": self.seed}
+        if name == "gamma":
+            return {"rate_per_s": self.rate_per_s, "cv": self.cv if self.cv is not None else 1.0, "seed": self.seed}
+        if name == "closed":
+            return {"concurrency": self.concurrency}
+        if name == "static":
+            return {"batch_size": self.batch_size}
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping of option: value")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        if "trace" not in data:
+            raise ValueError(f"{where}: missing key 'trace'")
+        try:
+            return cls(**data)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML run config (validated later, with the command line's options on top)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value at the top level")
+    return data
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

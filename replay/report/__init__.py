@@ -1,0 +1,1 @@
+"""Reports: serving metrics (TTFT, TPOT, ITL, E2E, goodput) and energy per request and per token."""

@@ -1,0 +1,175 @@
+"""One run, end to end: trace -> workload -> arrival process -> server loops -> engines -> records -> summary.
+
+``execute(config)`` is what ``replay run`` calls. The run directory gets ``config.yaml`` (the resolved
+configuration) first, then ``steps.jsonl`` and ``requests.jsonl`` as records are produced, and
+``summary.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import simpy
+import yaml
+
+from replay import arrivals
+from replay.config import RunConfig
+from replay.engines.sim.engine import SimEngine
+from replay.engines.sim.perf import load_perf
+from replay.report.metrics import Energy, Summary, parse_slo, summarize
+from replay.server import STEP_FIELDS, Recorder, Router, ServerLoop
+from replay.specs import hardware, model
+from replay.trace import read_trace
+from replay.trace.schema import Workload
+
+__all__ = ["RUN_FILES", "RunResult", "build_engines", "execute", "prepare_workload", "simulate"]
+
+RUN_FILES = ("config.yaml", "steps.jsonl", "requests.jsonl", "summary.json")
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    out: Path | None
+    summary: Summary
+    requests: pd.DataFrame
+    steps: pd.DataFrame
+    energy: Energy
+    engine: dict[str, Any]
+    wall_s: float
+
+
+def prepare_workload(config: RunConfig) -> Workload:
+    """Read the trace and apply the window, the cap and the rate scale, in that order."""
+    workload = read_trace(config.trace)
+    if config.start_s is not None or config.duration_s is not None:
+        workload = arrivals.window(workload, config.start_s, config.duration_s)
+    if config.limit is not None and config.limit < len(workload):
+        workload = Workload(workload.table.slice(0, config.limit), workload.source)
+    if config.rate_scale != 1.0:
+        workload = arrivals.scale_rate(workload, config.rate_scale, config.rate_scale_how, config.seed)
+    if len(workload) == 0:
+        raise ValueError(f"{config.trace}: no requests left after the window and limit")
+    return workload
+
+
+def build_engines(config: RunConfig) -> list[SimEngine]:
+    """One engine per replica, from the config's model, GPU and scheduler limits."""
+    spec, gpu = model(config.model), hardware(config.gpu)
+    perf = load_perf(config.perf) if config.perf else None
+    return [SimEngine(spec, gpu, tp=config.tp, max_num_seqs=config.max_num_seqs,
+                      max_num_batched_tokens=config.max_num_batched_tokens, block_size=config.block_size,
+                      gpu_memory_utilization=config.gpu_memory_utilization, num_blocks=config.kv_blocks,
+                      max_model_len=config.max_model_len, enable_chunked_prefill=config.chunked_prefill,
+                      enable_prefix_caching=config.prefix_caching, perf=perf, dtype=config.dtype)
+            for _ in range(config.replicas)]
+
+
+def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, Any], recorder: Recorder,
+             router: str = "round-robin", env: simpy.Environment | None = None, progress=None) -> list[ServerLoop]:
+    """Replay ``workload`` through ``arrival`` onto ``engines`` until every request is done; the loops hold
+    the per-replica totals (``busy_s``, ``steps``)."""
+    env = env or simpy.Environment()
+    on_finish = (lambda _record: progress.update(1)) if progress is not None else None
+    loops = [ServerLoop(env, engine, recorder, replica=i, on_finish=on_finish) for i, engine in enumerate(engines)]
+    front = Router(loops, router)
+    feeder = arrivals.start(env, arrival, workload, front, **params)
+    feeder.callbacks.append(lambda _event: front.close())
+    env.run(env.all_of([feeder] + [loop.process for loop in loops]))
+    return loops
+
+
+def _prepare_out(config: RunConfig, force: bool) -> Path | None:
+    if config.out is None:
+        return None
+    out = Path(config.out)
+    clash = [name for name in RUN_FILES if (out / name).exists()]
+    if clash and not force:
+        raise ValueError(f"{out} already holds a run ({', '.join(clash)}); choose another --out, or --force to "
+                         "replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in clash:
+        (out / name).unlink()
+    return out
+
+
+def execute(config: RunConfig, *, force: bool = False, progress: bool = True) -> RunResult:
+    """Run ``config`` and write its run directory (when ``config.out`` is set)."""
+    config = config.resolve()
+    slo = parse_slo(config.slo) if config.slo else None
+    workload = prepare_workload(config)
+    params = config.arrival_params()
+    if "rate_per_s" in params and params["rate_per_s"] is None:
+        if not workload.timed or len(workload) < 2:
+            raise ValueError(f"--arrival {config.arrival} needs --rate (the trace has no timing to take it from)")
+        t = workload.arrival_s
+        params["rate_per_s"] = (len(t) - 1) / float(t[-1] - t[0])
+        config = replace(config, rate_per_s=params["rate_per_s"])
+    engines = build_engines(config)
+    out = _prepare_out(config, force)
+    engine_info = _engine_info(config, engines[0])
+    if out is not None:
+        (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved_engine": engine_info},
+                                                        sort_keys=False), encoding="utf-8")
+    bar = _progress_bar(len(workload), progress)
+    recorder = Recorder(out)
+    t0 = time.perf_counter()
+    try:
+        loops = simulate(workload, engines, config.arrival, params, recorder, config.router, progress=bar)
+    finally:
+        recorder.close()
+        if bar is not None:
+            bar.close()
+    wall_s = time.perf_counter() - t0
+    requests = pd.DataFrame(recorder.requests)
+    steps = pd.DataFrame.from_records(recorder.steps, columns=list(STEP_FIELDS))
+    makespan_s = max(float(steps["end_s"].max()) if len(steps) else 0.0,
+                     float(requests["arrival_s"].max()) if len(requests) else 0.0)
+    energy = _modelled_energy(steps, engines, loops, makespan_s)
+    summary = summarize(requests, steps, energy, slo, makespan_s)
+    if out is not None:
+        doc = {"summary": summary.to_dict(), "engine": engine_info,
+               "simulation": {"wall_s": wall_s, "steps": int(len(steps)), "requests": int(len(requests)),
+                              "steps_per_s": len(steps) / wall_s if wall_s > 0 else None,
+                              "requests_per_s": len(requests) / wall_s if wall_s > 0 else None}}
+        (out / "summary.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return RunResult(config, out, summary, requests, steps, energy, engine_info, wall_s)
+
+
+def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], loops: list[ServerLoop],
+                     makespan_s: float) -> Energy:
+    """Step energy plus idle power while each replica had nothing to do; the idle share is idle power over the
+    whole run."""
+    busy_j = float(steps["energy_j"].sum()) if len(steps) else 0.0
+    gaps_j = sum(e.idle_w * max(0.0, makespan_s - loop.busy_s) for e, loop in zip(engines, loops))
+    idle_j = sum(e.idle_w for e in engines) * makespan_s
+    return Energy(source="modelled (simulated engine's power model)", reason=None, total_j=busy_j + gaps_j,
+                  idle_j=idle_j)
+
+
+def _engine_info(config: RunConfig, engine: SimEngine) -> dict[str, Any]:
+    b = engine.budget
+    return {
+        "engine": "sim", "model": engine.model.key, "gpu": engine.hardware.key, "tp": config.tp,
+        "replicas": config.replicas, "gpus": config.tp * config.replicas,
+        "kv_blocks": engine.config.num_blocks, "block_size": engine.config.block_size,
+        "kv_tokens": engine.config.num_blocks * engine.config.block_size,
+        "kv_sizing": None if b is None else {
+            "usable_gb": b.usable_bytes / 1e9, "weights_gb": b.weight_bytes / 1e9,
+            "activations_gb": b.activation_bytes / 1e9, "non_torch_gb": b.non_torch_bytes / 1e9},
+        "max_model_len": engine.config.max_model_len,
+        "perf": engine.perf.params.to_dict(), "power": engine.power.params.to_dict(),
+        "energy": "modelled",
+    }
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="req", desc="replay", disable=None, mininterval=0.5, leave=False)

@@ -1,0 +1,320 @@
+"""The server loop (DESIGN.md "One server loop, two clocks"), the router in front of several replicas, and the
+records they produce.
+
+One ``ServerLoop`` per replica, a SimPy process::
+
+    while True:
+        hand every request that has arrived to the engine
+        step = engine.step()
+        yield env.timeout(step.duration_s)
+        record the step and what each request got from it
+
+Under ``simpy.Environment`` the step's duration comes from the simulated engine's model; under
+``simpy.rt.RealtimeEnvironment(strict=False)`` the real engine's ``step()`` takes that long in wall-clock time,
+so the timeout is already due. Requests arriving during a step join the next one, as in a real server.
+Records go to a ``Recorder`` as they are produced: one per step, one per request when it finishes or is
+rejected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from typing import IO, Any, Callable, Generator
+
+import simpy
+
+from replay.engines.base import Engine
+from replay.trace.schema import Request
+
+__all__ = ["ROUTERS", "Recorder", "RequestRecord", "Router", "STEP_FIELDS", "ServerLoop"]
+
+STEP_FIELDS = ("replica", "step", "start_s", "end_s", "duration_s", "prefill_tokens", "decode_tokens", "num_seqs",
+               "sampled_seqs", "attn_pairs", "kv_read_tokens", "running", "waiting", "kv_blocks_used",
+               "kv_blocks_total", "preempted", "energy_j")
+
+
+class RequestRecord:
+    """What happened to one request, filled in as it moves through the server (times on the run clock)."""
+
+    __slots__ = ("request", "replica", "arrival_s", "submitted_s", "admitted_s", "first_token_s", "finished_s",
+                 "cached_tokens", "preemptions", "energy_j", "token_steps", "run_start", "last_step", "status",
+                 "reason")
+
+    def __init__(self, request: Request, replica: int, arrival_s: float, submitted_s: float):
+        self.request, self.replica = request, replica
+        self.arrival_s, self.submitted_s = arrival_s, submitted_s
+        self.admitted_s = self.first_token_s = self.finished_s = None
+        self.cached_tokens = self.preemptions = 0
+        self.energy_j = 0.0                      # attributed step energy (meaningful when the engine gives it)
+        self.token_steps: list[list[int]] = []  # closed runs [first_step, count] of steps that emitted a token
+        self.run_start = self.last_step = -2     # the open run
+        self.status, self.reason = "unfinished", None
+
+    def emit(self, k: int) -> None:
+        """A token came out of step k (the hot path inlines the common case: ``last_step == k - 1``)."""
+        if self.last_step == k - 1:
+            self.last_step = k
+            return
+        if self.run_start >= 0:
+            self.token_steps.append([self.run_start, self.last_step - self.run_start + 1])
+        self.run_start = self.last_step = k
+
+    @property
+    def generated(self) -> int:
+        closed = sum(count for _, count in self.token_steps)
+        return closed + (self.last_step - self.run_start + 1 if self.run_start >= 0 else 0)
+
+    def to_dict(self, energy: bool = True) -> dict[str, Any]:
+        """The record as requests.jsonl holds it; ``energy`` False: the engine gave no step energy (null)."""
+        r, a = self.request, self.arrival_s
+        if self.run_start >= 0:
+            self.token_steps.append([self.run_start, self.last_step - self.run_start + 1])
+            self.run_start = self.last_step = -2
+        generated = sum(count for _, count in self.token_steps)
+
+        def since(t: float | None) -> float | None:
+            return None if t is None else t - a
+
+        tpot = None
+        if self.finished_s is not None and generated > 1:
+            tpot = (self.finished_s - self.first_token_s) / (generated - 1)
+        return {
+            "id": r.id, "kind": r.kind, "replica": self.replica, "status": self.status, "reason": self.reason,
+            "arrival_s": a, "submitted_s": self.submitted_s, "admitted_s": self.admitted_s,
+            "first_token_s": self.first_token_s, "finished_s": self.finished_s,
+            "input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "generated_tokens": generated,
+            "cached_tokens": self.cached_tokens, "preemptions": self.preemptions,
+            "queue_s": since(self.admitted_s), "ttft_s": since(self.first_token_s), "tpot_s": tpot,
+            "e2e_s": since(self.finished_s), "energy_j": self.energy_j if energy else None,
+            "token_steps": self.token_steps,
+        }
+
+
+class Recorder:
+    """Collects step and request records; with a directory, appends them to ``steps.jsonl`` and
+    ``requests.jsonl`` as they come (flushed at least every ``flush_s`` seconds of wall time and at close), so
+    an interrupted run keeps what it finished."""
+
+    def __init__(self, out_dir: str | Path | None = None, flush_s: float = 1.0):
+        self.steps: list[tuple] = []
+        self.requests: list[dict[str, Any]] = []
+        self.flush_s = flush_s
+        self._files: list[IO[str]] = []
+        self._steps_file = self._requests_file = None
+        if out_dir is not None:
+            out = Path(out_dir)
+            self._steps_file = open(out / "steps.jsonl", "a", encoding="utf-8", buffering=1 << 20)
+            self._requests_file = open(out / "requests.jsonl", "a", encoding="utf-8", buffering=1 << 20)
+            self._files = [self._steps_file, self._requests_file]
+        self._next_flush = time.monotonic() + flush_s
+        self._step_line = "{{" + ",".join(f'"{name}":{{}}' for name in STEP_FIELDS) + "}}\n"
+
+    def step(self, row: tuple) -> None:
+        self.steps.append(row)
+        if self._steps_file is not None:
+            self._steps_file.write(self._step_line.format(*map(_json_number, row)))
+            self._maybe_flush()
+
+    def request(self, record: dict[str, Any]) -> None:
+        self.requests.append(record)
+        if self._requests_file is not None:
+            self._requests_file.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
+            self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_flush:
+            self._next_flush = now + self.flush_s
+            for f in self._files:
+                f.flush()
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files = []
+        self._steps_file = self._requests_file = None
+
+
+def _json_number(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"non-finite number in a record: {value!r}")
+    return repr(value)
+
+
+class ServerLoop:
+    """The server loop of one replica: a SimPy process driving ``engine`` and feeding ``recorder``."""
+
+    def __init__(self, env: simpy.Environment, engine: Engine, recorder: Recorder, replica: int = 0,
+                 on_finish: Callable[[RequestRecord], None] | None = None):
+        self.env, self.engine, self.recorder, self.replica = env, engine, recorder, replica
+        self.on_finish = on_finish
+        self.pending: list[RequestRecord] = []
+        self.records: dict[str, RequestRecord] = {}
+        self.events: dict[str, simpy.Event] = {}
+        self.done: set[str] = set()
+        self.outstanding = 0
+        self.closed = False
+        self.busy_s = 0.0
+        self.steps = 0
+        self.energy_known = True   # every step so far came with the engine's energy
+        self._wake: simpy.Event | None = None
+        self.process = env.process(self._run())
+
+    # --- what arrival processes and the router call ------------------------------------------------------
+
+    def submit(self, request: Request, scheduled_s: float) -> None:
+        if request.id in self.records or request.id in self.done:
+            raise ValueError(f"request id {request.id!r} submitted twice: ids must be unique in a run")
+        record = RequestRecord(request, self.replica, scheduled_s, self.env.now)
+        self.records[request.id] = record
+        self.pending.append(record)
+        self.outstanding += 1
+        self._poke()
+
+    def finished(self, request_id: str) -> simpy.Event:
+        if request_id in self.done:
+            event = self.env.event()
+            event.succeed()
+            return event
+        if request_id not in self.events:
+            self.events[request_id] = self.env.event()
+        return self.events[request_id]
+
+    def close(self) -> None:
+        """No more requests will come: the loop ends once the engine has drained."""
+        self.closed = True
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def _end(self, record: RequestRecord) -> None:
+        rid = record.request.id
+        del self.records[rid]
+        self.done.add(rid)
+        self.outstanding -= 1
+        self.recorder.request(record.to_dict(self.energy_known))
+        if self.on_finish is not None:
+            self.on_finish(record)
+        event = self.events.pop(rid, None)
+        if event is not None:
+            event.succeed()
+
+    def _admit_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        for record in pending:
+            reason = self.engine.add(record.request)
+            if reason is not None:
+                record.status, record.reason = "rejected", reason
+                self._end(record)
+
+    def _run(self) -> Generator[simpy.Event, Any, None]:
+        env, engine, records, replica = self.env, self.engine, self.records, self.replica
+        record_step = self.recorder.step
+        for k in itertools.count():
+            while True:
+                if self.pending:
+                    self._admit_pending()
+                if engine.has_work():
+                    break
+                if self.closed:
+                    return
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+            start_s = env.now
+            step = engine.step()
+            yield env.timeout(step.duration_s)
+            end_s = env.now
+            self.busy_s += end_s - start_s
+            self.steps = k + 1
+            shape = step.shape
+            energy = step.energy_j
+            km1 = k - 1
+            if energy is not None:
+                per_token = energy / shape.tokens if shape.tokens else 0.0
+                for rid in step.decoded:
+                    r = records[rid]
+                    r.energy_j += per_token
+                    if r.last_step == km1:
+                        r.last_step = k
+                    else:
+                        r.emit(k)
+                for rid, n in zip(step.prefilled, step.prefill_sizes):
+                    records[rid].energy_j += per_token * n
+            else:
+                self.energy_known = False
+                for rid in step.decoded:
+                    r = records[rid]
+                    if r.last_step == km1:
+                        r.last_step = k
+                    else:
+                        r.emit(k)
+            for rid in step.completed:
+                records[rid].emit(k)
+            for rid in step.first_token:
+                records[rid].first_token_s = end_s
+            for rid, cached in zip(step.admitted, step.admitted_cached):
+                r = records[rid]
+                if r.admitted_s is None:
+                    r.admitted_s = start_s
+                r.cached_tokens += cached
+            for rid in step.preempted:
+                records[rid].preemptions += 1
+            record_step((replica, k, start_s, end_s, end_s - start_s, shape.prefill_tokens, shape.decode_tokens,
+                         shape.num_seqs, shape.sampled_seqs, shape.attn_pairs, shape.kv_read_tokens, step.running,
+                         step.waiting, step.kv_blocks_used, step.kv_blocks_total, len(step.preempted), energy))
+            for rid in step.finished:
+                r = records[rid]
+                r.finished_s, r.status = end_s, "finished"
+                self._end(r)
+
+    def unfinished(self) -> list[RequestRecord]:
+        """Requests submitted and not yet finished (for a run stopped early)."""
+        return list(self.records.values())
+
+
+class Router:
+    """Sends each arriving request to one replica's server loop (the Server the arrival processes see).
+
+    ``round-robin``: in turn. ``least-outstanding``: the replica with the fewest submitted-and-unfinished
+    requests, the lowest index on ties.
+    """
+
+    def __init__(self, loops: list[ServerLoop], policy: str = "round-robin"):
+        if policy not in ROUTERS:
+            raise ValueError(f"unknown router {policy!r}: expected one of {', '.join(ROUTERS)}")
+        if not loops:
+            raise ValueError("a router needs at least one replica")
+        self.loops, self.policy = loops, policy
+        self.owner: dict[str, ServerLoop] = {}
+        self._turn = itertools.cycle(loops)
+
+    def submit(self, request: Request, scheduled_s: float) -> None:
+        if len(self.loops) == 1:
+            loop = self.loops[0]
+        elif self.policy == "round-robin":
+            loop = next(self._turn)
+        else:
+            loop = min(self.loops, key=lambda lp: lp.outstanding)
+        self.owner[request.id] = loop
+        loop.submit(request, scheduled_s)
+
+    def finished(self, request_id: str) -> simpy.Event:
+        return self.owner[request_id].finished(request_id)
+
+    def close(self) -> None:
+        for loop in self.loops:
+            loop.close()
+
+
+ROUTERS = ("round-robin", "least-outstanding")
