@@ -22,13 +22,14 @@ $(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
 
 run: $(VENV)/.installed
 	$(BIN)/replay stats $(TRACE)
-	$(BIN)/replay bins $(TRACE)
+	$(BIN)/replay run $(TRACE) --engine sim --online
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/convert_speed.py
+	$(BIN)/python benchmarks/sim_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -28,7 +28,7 @@ from replay.trace.synth import gamma_gaps_s
 
 __all__ = [
     "OFFLINE", "ONLINE", "PROCESSES", "Server", "as_timed", "closed_loop", "gamma", "offline", "poisson",
-    "scale_rate", "start", "static_batches", "window",
+    "scale_rate", "schedule_s", "start", "static_batches", "window",
 ]
 
 ProcessGen = Generator[simpy.Event, Any, None]
@@ -218,6 +218,19 @@ def start(env: simpy.Environment, name: str, workload: Workload, server: Server,
             raise ValueError(f"arrival_s goes backwards at request {i} (id {workload[i].id!r}): "
                              "the workload must be in time order")
     return env.process(process(env, workload, server, **params))
+
+
+def schedule_s(name: str, workload: Workload, **params: Any) -> np.ndarray | None:
+    """The times (from the process start) at which process ``name`` will submit, in order, when they do not
+    depend on the server (open-loop processes); None for closed-loop and static batches. Lets a simulated
+    server know how long it may run undisturbed."""
+    if name == "timed":
+        return workload.arrival_s / params.get("speedup", 1.0)
+    if name in ("poisson", "gamma"):
+        return _gamma_offsets_s(len(workload), params["rate_per_s"], params.get("cv", 1.0), params.get("seed", 0))
+    if name == "offline":
+        return np.zeros(len(workload))
+    return None
 
 
 # --- workload transforms ---------------------------------------------------------------------------------

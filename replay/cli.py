@@ -5,10 +5,19 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
+from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from replay import __version__
+from replay.arrivals import PROCESSES
+from replay.calibrate import calibrate_perf
+from replay.config import ENGINES, RATE_SCALE_HOW, RunConfig, load_config
+from replay.report.metrics import format_summary
+from replay.run import execute
+from replay.server import ROUTERS
 from replay.trace import FORMATS, ReadOptions, ReadReport, TraceError, convert, read_trace, write_trace
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS, bin_workload, format_bins, parse_edges
 from replay.trace.stats import format_stats, trace_stats
@@ -165,6 +174,138 @@ def synth_cmd(dst, like, input_spec, output_spec, requests, duration_s, arrival,
     )
     write_trace(workload, dst)
     click.echo(f"wrote {len(workload)} synthetic requests to {dst}")
+
+
+# --- replay run ---------------------------------------------------------------------------------------------
+
+# option name -> RunConfig field, for --config files overridden by what the command line gives
+_RUN_OPTIONS = {
+    "engine": "engine", "arrival": "arrival", "rate": "rate_per_s", "cv": "cv", "concurrency": "concurrency",
+    "batch_size": "batch_size", "speedup": "speedup", "seed": "seed", "rate_scale": "rate_scale",
+    "rate_scale_how": "rate_scale_how", "start_s": "start_s", "duration_s": "duration_s", "limit": "limit",
+    "model": "model", "gpu": "gpu", "dtype": "dtype", "tp": "tp", "replicas": "replicas", "router": "router",
+    "max_num_seqs": "max_num_seqs", "max_num_batched_tokens": "max_num_batched_tokens",
+    "block_size": "block_size", "gpu_memory_utilization": "gpu_memory_utilization", "kv_blocks": "kv_blocks",
+    "max_model_len": "max_model_len", "chunked_prefill": "chunked_prefill", "prefix_caching": "prefix_caching",
+    "perf": "perf", "slo": "slo", "out": "out",
+}
+
+
+@main.command("run")
+@click.argument("trace", type=click.Path(dir_okay=False), required=False)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="YAML file of run options (the keys of a run's config.yaml); options given here win.")
+@click.option("--engine", type=click.Choice(ENGINES), default="sim", show_default=True,
+              help="sim: the simulated vLLM engine (modelled time and energy).")
+@click.option("--online/--offline", "online", default=True, show_default=True,
+              help="Online: requests arrive over time (as timed, or re-timed with --rate). Offline: all at "
+                   "once, or in static batches of --batch-size.")
+@click.option("--arrival", type=click.Choice(sorted(PROCESSES)), default=None,
+              help="Arrival process (default: timed; poisson with --rate; gamma with --cv; closed with "
+                   "--concurrency; offline, or static with --batch-size).")
+@click.option("--rate", type=float, default=None, help="Requests per second for poisson/gamma (default: the trace's).")
+@click.option("--cv", type=float, default=None, help="Inter-arrival CV for gamma arrivals (burstiness 1/cv^2).")
+@click.option("--concurrency", type=int, default=None, help="Closed loop: requests kept outstanding.")
+@click.option("--batch-size", type=int, default=None, help="Offline static batches of B requests ([Na25]).")
+@click.option("--speedup", type=float, default=1.0, show_default=True, help="Timed: divide arrival times by X.")
+@click.option("--rate-scale", type=float, default=1.0, show_default=True,
+              help="Replay at K times the trace's load (see --rate-scale-how).")
+@click.option("--rate-scale-how", type=click.Choice(RATE_SCALE_HOW), default="compress", show_default=True,
+              help="compress: divide arrival times by K (same requests); thin-dup: keep the timeline, sample "
+                   "or duplicate requests.")
+@click.option("--start-s", type=float, default=None, help="Window start, seconds into the trace.")
+@click.option("--duration-s", type=float, default=None, help="Window length in seconds.")
+@click.option("--limit", type=int, default=None, help="At most the first N requests (after the window).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--model", default="llama-3.1-8b", show_default=True,
+              help="A shipped model name (see replay/specs/models) or a directory holding config.json.")
+@click.option("--gpu", default="h100-sxm", show_default=True, help="A hardware name from replay/specs/hardware.yaml.")
+@click.option("--dtype", default=None, help="Weights/activations dtype (default: the model's torch_dtype).")
+@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel GPUs per replica.")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas behind the router.")
+@click.option("--router", type=click.Choice(ROUTERS), default="round-robin", show_default=True)
+@click.option("--max-num-seqs", type=int, default=256, show_default=True, help="vLLM: sequences per step.")
+@click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True,
+              help="vLLM: token budget per step.")
+@click.option("--block-size", type=int, default=16, show_default=True, help="vLLM: tokens per KV block.")
+@click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True,
+              help="vLLM: fraction of GPU memory for weights, activations and KV cache.")
+@click.option("--kv-blocks", type=int, default=None, help="KV blocks per replica (default: sized from memory).")
+@click.option("--max-model-len", type=int, default=None, help="Longest prompt+output (default: the model's).")
+@click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True)
+@click.option("--prefix-caching/--no-prefix-caching", default=False, show_default=True,
+              help="Share KV blocks between requests with equal prefix_blocks (e.g. Mooncake traces).")
+@click.option("--perf", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Performance parameters fitted by 'replay calibrate --perf'.")
+@click.option("--slo", default=None, help="Goodput SLO, e.g. ttft=2s,tpot=100ms,e2e=30s.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/<trace>-<engine>-<time>).")
+@click.option("--force", is_flag=True, help="Replace the run files already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@_friendly
+def run_cmd(ctx, trace, config_file, online, force, quiet, **options):
+    """Replay a trace against an engine and report latency, throughput and energy.
+
+    Writes the run directory as it goes: config.yaml (the resolved configuration), steps.jsonl (one line per
+    engine step), requests.jsonl (one line per request, as each finishes) and summary.json; prints a summary.
+    The simulated engine's time and energy are modelled, and labelled so.
+
+    \b
+    Example:
+      replay run traces/chat.jsonl --engine sim --online
+      replay run traces/chat.jsonl --rate-scale 2 --replicas 4 --slo ttft=1s,tpot=50ms
+      replay run traces/code.jsonl --offline --batch-size 32 --gpu a100-80gb
+    """
+    data = load_config(config_file) if config_file else {}
+    source = ctx.get_parameter_source
+    for option, key in _RUN_OPTIONS.items():
+        if key not in data or source(option) is not ParameterSource.DEFAULT:
+            data[key] = options[option]
+    if trace is not None:
+        data["trace"] = trace
+    if "trace" not in data:
+        raise click.UsageError("give a TRACE (or a --config file with a 'trace' key)")
+    if "mode" not in data or source("online") is not ParameterSource.DEFAULT:
+        data["mode"] = "online" if online else "offline"
+    if data.get("out") is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        data["out"] = str(Path("runs") / f"{Path(data['trace']).stem}-{data.get('engine', 'sim')}-{stamp}")
+    config = RunConfig.from_dict(data, where=config_file or "options")
+    result = execute(config, force=force, progress=not quiet)
+    click.echo(format_summary(result.summary))
+    steps = len(result.steps)
+    click.echo(f"simulated {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
+               f"({steps / result.wall_s if result.wall_s > 0 else float('inf'):,.0f} steps/s)")
+    click.echo(f"run directory: {result.out}")
+
+
+@main.command("calibrate")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--perf", "perf_fit", is_flag=True,
+              help="Fit the simulated engine's step-time model to the runs' measured steps.")
+@click.option("--model", default=None, help="Model of the runs (default: from their config.yaml).")
+@click.option("--gpu", default=None, help="Hardware of the runs (default: from their config.yaml).")
+@click.option("--tp", type=int, default=None, help="Tensor parallelism of the runs (default: from config.yaml).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the fitted parameters (default: perf.yaml in the first run directory).")
+@_friendly
+def calibrate_cmd(run_dirs, perf_fit, model, gpu, tp, out):
+    """Fit model parameters to recorded runs.
+
+    With --perf: fit the simulated engine's step-time model (compute and memory efficiency, per-step and
+    per-sequence overhead) to the step records (steps.jsonl) of runs on a real engine, report in-sample and
+    held-out error, and write YAML that 'replay run --perf FILE' reads.
+
+    \b
+    Example:
+      replay calibrate runs/chat-vllm --perf --out perf.yaml
+      replay run traces/code.jsonl --perf perf.yaml --model tiny-llama --gpu cpu
+    """
+    if not perf_fit:
+        raise click.UsageError("say what to fit: --perf (the step-time model) is the calibration available")
+    report = calibrate_perf(list(run_dirs), model=model, gpu=gpu, tp=tp, out=out)
+    click.echo(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

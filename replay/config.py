@@ -54,6 +54,7 @@ class RunConfig:
     max_model_len: int | None = None         # None: the model's context length
     chunked_prefill: bool = True
     prefix_caching: bool = False
+    fuse_decodes: bool = True               # simulate identical decode steps in one go (same records; faster)
     perf: str | None = None                  # fitted performance parameters (replay calibrate --perf)
     slo: str | None = None                   # "ttft=2s,tpot=100ms"
     out: str | None = None

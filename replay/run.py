@@ -7,12 +7,15 @@ configuration) first, then ``steps.jsonl`` and ``requests.jsonl`` as records are
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import simpy
 import yaml
@@ -22,7 +25,7 @@ from replay.config import RunConfig
 from replay.engines.sim.engine import SimEngine
 from replay.engines.sim.perf import load_perf
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
-from replay.server import STEP_FIELDS, Recorder, Router, ServerLoop
+from replay.server import Recorder, Router, ServerLoop
 from replay.specs import hardware, model
 from replay.trace import read_trace
 from replay.trace.schema import Workload
@@ -66,7 +69,8 @@ def build_engines(config: RunConfig) -> list[SimEngine]:
                       max_num_batched_tokens=config.max_num_batched_tokens, block_size=config.block_size,
                       gpu_memory_utilization=config.gpu_memory_utilization, num_blocks=config.kv_blocks,
                       max_model_len=config.max_model_len, enable_chunked_prefill=config.chunked_prefill,
-                      enable_prefix_caching=config.prefix_caching, perf=perf, dtype=config.dtype)
+                      enable_prefix_caching=config.prefix_caching, perf=perf, dtype=config.dtype,
+                      fuse_decodes=config.fuse_decodes)
             for _ in range(config.replicas)]
 
 
@@ -76,12 +80,29 @@ def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, 
     the per-replica totals (``busy_s``, ``steps``)."""
     env = env or simpy.Environment()
     on_finish = (lambda _record: progress.update(1)) if progress is not None else None
-    loops = [ServerLoop(env, engine, recorder, replica=i, on_finish=on_finish) for i, engine in enumerate(engines)]
+    next_arrival = None
+    if len(engines) > 1:  # alone, a loop's next event is the next arrival anyway (env.peek)
+        times = arrivals.schedule_s(arrival, workload, **params)
+        if times is not None:
+            next_arrival = _next_after(env, env.now + times)
+    loops = [ServerLoop(env, engine, recorder, replica=i, on_finish=on_finish, next_arrival=next_arrival)
+             for i, engine in enumerate(engines)]
     front = Router(loops, router)
     feeder = arrivals.start(env, arrival, workload, front, **params)
     feeder.callbacks.append(lambda _event: front.close())
     env.run(env.all_of([feeder] + [loop.process for loop in loops]))
     return loops
+
+
+def _next_after(env: simpy.Environment, times_s: np.ndarray):
+    """A clock-reading function: the first scheduled arrival not yet handed over (strictly after now, or at
+    now if its event is still pending), infinity after the last."""
+    times = times_s.tolist()
+
+    def next_arrival() -> float:
+        i = bisect.bisect_left(times, env.now)
+        return times[i] if i < len(times) else math.inf
+    return next_arrival
 
 
 def _prepare_out(config: RunConfig, force: bool) -> Path | None:
@@ -127,7 +148,7 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True) ->
             bar.close()
     wall_s = time.perf_counter() - t0
     requests = pd.DataFrame(recorder.requests)
-    steps = pd.DataFrame.from_records(recorder.steps, columns=list(STEP_FIELDS))
+    steps = recorder.steps_frame()
     makespan_s = max(float(steps["end_s"].max()) if len(steps) else 0.0,
                      float(requests["arrival_s"].max()) if len(requests) else 0.0)
     energy = _modelled_energy(steps, engines, loops, makespan_s)

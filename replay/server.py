@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Generator
 
+import numpy as np
+import pandas as pd
 import simpy
 
-from replay.engines.base import Engine
+from replay.engines.base import Engine, Step
 from replay.trace.schema import Request
 
 __all__ = ["ROUTERS", "Recorder", "RequestRecord", "Router", "STEP_FIELDS", "ServerLoop"]
@@ -100,7 +102,8 @@ class Recorder:
     an interrupted run keeps what it finished."""
 
     def __init__(self, out_dir: str | Path | None = None, flush_s: float = 1.0):
-        self.steps: list[tuple] = []
+        self._rows: list[tuple] = []                     # single steps since the last block
+        self._columns: list[list] = [[] for _ in STEP_FIELDS]
         self.requests: list[dict[str, Any]] = []
         self.flush_s = flush_s
         self._files: list[IO[str]] = []
@@ -114,10 +117,31 @@ class Recorder:
         self._step_line = "{{" + ",".join(f'"{name}":{{}}' for name in STEP_FIELDS) + "}}\n"
 
     def step(self, row: tuple) -> None:
-        self.steps.append(row)
+        self._rows.append(row)
         if self._steps_file is not None:
             self._steps_file.write(self._step_line.format(*map(_json_number, row)))
             self._maybe_flush()
+
+    def steps_block(self, columns: list[list]) -> None:
+        """Many steps at once, as one list per STEP_FIELDS column."""
+        self._gather()
+        for into, values in zip(self._columns, columns):
+            into.extend(values)
+        if self._steps_file is not None:
+            fmt = self._step_line.format
+            self._steps_file.write("".join(fmt(*map(_json_number, row)) for row in zip(*columns)))
+            self._maybe_flush()
+
+    def _gather(self) -> None:
+        if self._rows:
+            for into, values in zip(self._columns, zip(*self._rows)):
+                into.extend(values)
+            self._rows = []
+
+    def steps_frame(self) -> "pd.DataFrame":
+        """Every step recorded so far, one row per step, STEP_FIELDS columns."""
+        self._gather()
+        return pd.DataFrame(dict(zip(STEP_FIELDS, self._columns)), columns=list(STEP_FIELDS))
 
     def request(self, record: dict[str, Any]) -> None:
         self.requests.append(record)
@@ -151,8 +175,12 @@ class ServerLoop:
     """The server loop of one replica: a SimPy process driving ``engine`` and feeding ``recorder``."""
 
     def __init__(self, env: simpy.Environment, engine: Engine, recorder: Recorder, replica: int = 0,
-                 on_finish: Callable[[RequestRecord], None] | None = None):
+                 on_finish: Callable[[RequestRecord], None] | None = None,
+                 next_arrival: Callable[[], float] | None = None):
+        """``next_arrival()``: the earliest time a new request may reach this replica (default: the next event
+        of the environment, always safe; the runner passes the arrival schedule when it is known)."""
         self.env, self.engine, self.recorder, self.replica = env, engine, recorder, replica
+        self.next_arrival = next_arrival
         self.on_finish = on_finish
         self.pending: list[RequestRecord] = []
         self.records: dict[str, RequestRecord] = {}
@@ -220,7 +248,9 @@ class ServerLoop:
     def _run(self) -> Generator[simpy.Event, Any, None]:
         env, engine, records, replica = self.env, self.engine, self.records, self.replica
         record_step = self.recorder.step
-        for k in itertools.count():
+        next_arrival = self.next_arrival or env.peek
+        k = 0
+        while True:
             while True:
                 if self.pending:
                     self._admit_pending()
@@ -232,7 +262,7 @@ class ServerLoop:
                 yield self._wake
                 self._wake = None
             start_s = env.now
-            step = engine.step()
+            step = engine.step(next_arrival() - start_s)
             yield env.timeout(step.duration_s)
             end_s = env.now
             self.busy_s += end_s - start_s
@@ -277,6 +307,49 @@ class ServerLoop:
                 r = records[rid]
                 r.finished_s, r.status = end_s, "finished"
                 self._end(r)
+            k += 1
+            if step.run is not None:
+                yield from self._decode_run(step, k)
+                k += step.run.count
+
+    def _decode_run(self, step: Step, k0: int) -> Generator[simpy.Event, Any, None]:
+        """Record the DecodeRun after ``step`` as steps k0, k0 + 1, ...: the same rows and request updates as
+        stepping one at a time, paid for once."""
+        run, env, records = step.run, self.env, self.records
+        t0 = env.now
+        ends = t0 + np.cumsum(run.durations_s)
+        yield env.timeout(float(ends[-1]) - t0)
+        ends[-1] = env.now
+        starts = np.concatenate(([t0], ends[:-1]))
+        self.busy_s += env.now - t0
+        last = k0 + run.count - 1
+        self.steps = last + 1
+        batch = len(step.decoded)
+        if run.energies_j is not None:
+            share = float(run.energies_j.sum()) / batch
+            for rid in step.decoded:
+                r = records[rid]
+                r.energy_j += share
+                r.last_step = last  # step.decoded emitted in step k0 - 1 too, so the open run goes on
+        else:
+            self.energy_known = False
+            for rid in step.decoded:
+                records[rid].last_step = last
+        count = run.count
+        running = [step.running] * count
+        running[-1] = run.running
+        kv = run.kv_read_tokens.tolist()
+        energies = run.energies_j.tolist() if run.energies_j is not None else [None] * count
+        self.recorder.steps_block([
+            [self.replica] * count, range(k0, k0 + count), starts.tolist(), ends.tolist(),
+            (ends - starts).tolist(), [0] * count, [batch] * count, [batch] * count, [batch] * count,
+            [float(x) for x in kv], kv, running, [run.waiting] * count, run.kv_blocks_used.tolist(),
+            [step.kv_blocks_total] * count, [0] * count, energies])
+        end_s = env.now
+        for rid in run.finished:
+            r = records[rid]
+            r.finished_s, r.status = end_s, "finished"
+            self._end(r)
 
     def unfinished(self) -> list[RequestRecord]:
         """Requests submitted and not yet finished (for a run stopped early)."""

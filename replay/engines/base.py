@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from replay.trace.schema import Request
 
-__all__ = ["Engine", "Step", "StepShape"]
+__all__ = ["DecodeRun", "Engine", "Step", "StepShape"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,27 @@ class StepShape:
         return self.prefill_tokens + self.decode_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeRun:
+    """``count`` decode-only steps that follow a Step at once, by the same ``decoded`` requests (each emits one
+    token per step), with nothing admitted, preempted or prefilled; ``finished`` finish at the last of them.
+
+    An engine that can see such a stretch coming (the simulated one) returns it in one go so the server loop
+    does not pay per-step overhead for it; the records are the same as stepping one at a time. Per-step values
+    are arrays of length ``count``: for step j, decode_tokens = num_seqs = sampled_seqs = len(decoded) and
+    attn_pairs = kv_read_tokens[j].
+    """
+
+    count: int
+    durations_s: np.ndarray
+    energies_j: np.ndarray | None
+    kv_read_tokens: np.ndarray
+    kv_blocks_used: np.ndarray
+    finished: list[str]
+    running: int
+    waiting: int
+
+
 @dataclass(slots=True)
 class Step:
     """One scheduler iteration, split the way the records use it (decodes are most of the work, so they come
@@ -55,6 +78,7 @@ class Step:
     - ``admitted``: ids taken from the queue into the running batch (first admission or after a preemption),
       with ``admitted_cached`` the prompt tokens each found in the prefix cache then
     - ``energy_j``: the engine's own (modelled) energy for the step; None where a meter must measure it
+    - ``run``: decode-only steps that follow this one at once (see DecodeRun), or None
     """
 
     duration_s: float
@@ -73,6 +97,7 @@ class Step:
     kv_blocks_used: int = 0
     kv_blocks_total: int = 0
     energy_j: float | None = None
+    run: DecodeRun | None = None
 
     @property
     def scheduled(self) -> dict[str, int]:
@@ -91,8 +116,9 @@ class Engine(Protocol):
     def add(self, request: Request) -> str | None:
         """Queue ``request``; return None if accepted, or why it can never run (it is then not queued)."""
 
-    def step(self) -> Step:
-        """Run one scheduler iteration (only called while ``has_work()``)."""
+    def step(self, horizon_s: float = float("inf")) -> Step:
+        """Run one scheduler iteration (only called while ``has_work()``). ``horizon_s``: seconds from now to the
+        next moment a request may arrive; an engine may append a DecodeRun of steps that all start before it."""
 
     def has_work(self) -> bool:
         """True while any queued or running request is unfinished."""

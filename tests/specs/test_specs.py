@@ -139,7 +139,12 @@ PUBLISHED_PARAMS_B = {
 
 
 def test_model_names():
-    assert set(model_names()) == set(TABLE2) | {"llama-3.1-70b", "tiny-llama"}
+    assert set(model_names()) == set(TABLE2) | {"llama-3.1-70b", "tiny-llama", "llama-2-7b"}
+
+
+def test_llama_2_7b_is_the_published_size():
+    """Llama-2-7b (Vidur's benchmark model): 6,738,415,616 parameters in the Hugging Face checkpoint."""
+    assert model("llama-2-7b").params == 6_738_415_616
 
 
 @pytest.mark.parametrize("name", sorted(TABLE2))

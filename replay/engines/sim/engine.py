@@ -5,9 +5,12 @@ real engine. Energy from here is always *modelled*.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from replay.engines.base import Step
+import numpy as np
+
+from replay.engines.base import DecodeRun, Step
 from replay.engines.sim.perf import PerfModel, PerfParams
 from replay.engines.sim.power import PowerModel, PowerParams
 from replay.engines.sim.scheduler import Scheduler, SchedulerConfig
@@ -69,7 +72,8 @@ class SimEngine:
                  max_num_batched_tokens: int = 8192, block_size: int = 16, gpu_memory_utilization: float = 0.9,
                  num_blocks: int | None = None, max_model_len: int | None = None,
                  enable_chunked_prefill: bool = True, enable_prefix_caching: bool = False,
-                 perf: PerfParams | None = None, power: PowerParams | None = None, dtype: str | None = None):
+                 perf: PerfParams | None = None, power: PowerParams | None = None, dtype: str | None = None,
+                 fuse_decodes: bool = True, max_fused_steps: int = 4096):
         self.model, self.hardware, self.tp = model, hardware, tp
         self.budget = None
         if num_blocks is None:
@@ -84,6 +88,7 @@ class SimEngine:
         self.perf = PerfModel(model, hardware, tp, perf, dtype)
         self.power = PowerModel(hardware, tp, power)
         self.idle_w = self.power.idle_w
+        self.fuse_decodes, self.max_fused_steps = fuse_decodes, max_fused_steps
 
     def add(self, request: Request) -> str | None:
         return self.scheduler.add(request)
@@ -91,11 +96,36 @@ class SimEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self) -> Step:
-        step = self.scheduler.step()
+    def step(self, horizon_s: float = math.inf) -> Step:
+        """One iteration; then, when it was decode-only and nothing can change before ``horizon_s`` (the next
+        arrival), the identical decode steps that follow, as one DecodeRun (records are the same either way)."""
+        scheduler = self.scheduler
+        step = scheduler.step()
         s = step.shape
         args = (s.prefill_tokens, s.decode_tokens, s.num_seqs, s.sampled_seqs, s.attn_pairs, s.kv_read_tokens)
         duration = self.perf.step_time_s(*args)
         step.duration_s = duration
         step.energy_j = self.power.step_energy_j(self.perf, *args, duration)
+        if (self.fuse_decodes and horizon_s > duration and not step.prefilled and not step.finished
+                and not step.preempted and len(step.decoded) == len(scheduler.running)):
+            step.run = self._decode_run(len(step.decoded), duration, horizon_s, step.kv_blocks_used)
         return step
+
+    def _decode_run(self, batch: int, first_s: float, horizon_s: float, used_blocks: int) -> DecodeRun | None:
+        plan = self.scheduler.plan_decode_run(self.max_fused_steps)
+        if plan is None:
+            return None
+        k, computed, cum_blocks = plan
+        kv_read = computed + batch * np.arange(1, k + 1, dtype=np.int64)
+        durations = self.perf.times_s(0, batch, batch, batch, kv_read, kv_read)
+        starts = first_s + np.cumsum(durations) - durations  # from the start of the step before the run
+        k = int(np.searchsorted(starts, horizon_s, side="left"))  # steps that start before the next arrival
+        if k < 1:
+            return None
+        durations, kv_read = durations[:k], kv_read[:k]
+        energies = self.power.step_energies_j(self.perf, 0, batch, batch, batch, kv_read, kv_read, durations)
+        used = used_blocks + cum_blocks[:k]
+        finished = self.scheduler.advance_decodes(k)
+        used[-1] = self.config.num_blocks - self.scheduler.free_blocks
+        return DecodeRun(k, durations, energies, kv_read, used, finished, len(self.scheduler.running),
+                         len(self.scheduler.waiting))

@@ -18,6 +18,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from replay.engines.sim.perf import PerfModel
 from replay.specs import Hardware
 
@@ -111,6 +113,16 @@ class PowerModel:
         c, m = perf.utilisation(prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs, kv_read_tokens,
                                 duration_s)
         return self.power_w(c, m) * duration_s
+
+    def step_energies_j(self, perf: PerfModel, prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs,
+                        kv_read_tokens, durations_s) -> np.ndarray:
+        """``step_energy_j`` over arrays (numpy broadcasting)."""
+        if perf.tp != self.tp:
+            raise ValueError(f"perf model has tp={perf.tp} but power model has tp={self.tp}")
+        c, m = perf.utilisations(prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs, kv_read_tokens,
+                                 durations_s)
+        load = np.minimum(self._cw * c + self._mw * m, 1.0)
+        return (self.idle_w + self._span_w * load) * np.asarray(durations_s, dtype=float)
 
     def idle_energy_j(self, seconds: float) -> float:
         """Modelled joules of the replica sitting idle for ``seconds``."""

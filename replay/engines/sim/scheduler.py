@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from replay.engines.base import Step, StepShape
 from replay.trace.schema import Request
 
@@ -198,6 +200,55 @@ class Scheduler:
             held.append(key)
         if full == len(keys):
             seq.registering = False
+
+    # --- decode runs (fusing identical decode-only steps) ----------------------------------------------------
+
+    def plan_decode_run(self, max_steps: int) -> tuple[int, int, np.ndarray] | None:
+        """After a decode-only step that scheduled every running request and admitted, preempted and finished
+        nothing, the following steps are the same batch decoding until the first request finishes or the free
+        blocks run out (nothing queued can get in meanwhile: whatever kept it out only tightens). Returns (how
+        many such steps, sum of computed tokens now, cumulative new KV blocks after each step) or None."""
+        running = self.running
+        if not running:
+            return None
+        bs = self.config.block_size
+        computed = np.fromiter((s.computed for s in running), dtype=np.int64, count=len(running))
+        k = min(max_steps, min(s.max_out - s.out for s in running))
+        if k < 1:
+            return None
+        # request i needs a new block at step j (1-based) when (computed_i + j - 1) % bs == 0
+        per_phase = np.bincount((-computed) % bs, minlength=bs)
+        cum_blocks = np.cumsum(per_phase[np.arange(k) % bs])
+        k = min(k, int(np.searchsorted(cum_blocks, self.free_blocks, side="right")))
+        if k < 1:
+            return None
+        return k, int(computed.sum()), cum_blocks[:k]
+
+    def advance_decodes(self, k: int) -> list[str]:
+        """Apply k decode steps to every running request (as planned); returns the ids finished at the last."""
+        bs = self.config.block_size
+        new_blocks = 0
+        finished: list[str] = []
+        for seq in self.running:
+            c = seq.computed + k
+            seq.computed = c
+            seq.out += k
+            seq.num_tokens += k
+            blocks = (c + bs - 1) // bs
+            new_blocks += blocks - seq.blocks
+            seq.blocks = blocks
+            if seq.out == seq.max_out:
+                finished.append(seq.id)
+        self._take(new_blocks)
+        if finished:
+            keep = []
+            for seq in self.running:
+                if seq.out == seq.max_out:
+                    self._release(seq)
+                else:
+                    keep.append(seq)
+            self.running = keep
+        return finished
 
     # --- one iteration -----------------------------------------------------------------------------------
 
