@@ -22,10 +22,12 @@ Every measurement runs in its own process, pinned to one CPU (os.sched_setaffini
 is single-threaded, and any library thread pool shares that one core), with imports inside the measured
 process wall. Three times are kept per run: `process` (spawn to exit, as Vidur's wall figures are), `execute`
 (`execute()`: read the trace, build the engine, simulate, build the records and the summary, write the run
-directory when there is one) and `sim` (`RunResult.wall_s`: the event loop alone). Each is run with no run
-directory (out=None) and writing one (config.yaml, steps.jsonl, requests.jsonl, summary.json) to a temporary
-directory under benchmarks/_data/. Best of N by process wall (3 for the 1x traces, 1 for 4x and 16x). Peak
-memory is the process's VmHWM.
+directory when there is one) and `sim` (`RunResult.wall_s`: the event loop, which streams the run directory
+when there is one). Each is run with no run directory (out=None) and writing one (config.yaml, steps.jsonl,
+requests.jsonl, summary.json) to a temporary directory under benchmarks/_data/. Best of N by process wall (3 for the 1x traces, 1 for 4x and 16x). Peak
+memory is the process's VmHWM. Pinning does not keep other work off that CPU: run on an otherwise idle machine
+(each row records the load average before it, and the hash of replay/'s sources it ran, so a run whose code
+changed under it says so).
 
 Vidur baseline: the PyPI package `vidur` does not run offline (see --try-vidur and benchmarks/README.md), so the
 baseline is DESIGN.md's measurement of upstream Vidur on a 2-core machine like this one: 50-53 s wall for the
@@ -152,11 +154,27 @@ def vidur_cut(src: Path) -> Path:
 
 # --- measuring -----------------------------------------------------------------------------------------------
 
+def code_version() -> dict:
+    """The code a measurement ran: HEAD, and a hash of replay/'s sources as they are on disk now (so a run
+    whose code changed under it, say by a concurrent edit, shows it)."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "replay").rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".yaml", ".json"):
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.rstrip()  # noqa: E731
+    return {"head": git("rev-parse", "--short", "HEAD") or None,
+            "replay_dirty": sorted(line[3:] for line in git("status", "--porcelain", "--", "replay").splitlines()),
+            "replay_sha256": h.hexdigest()[:16]}
+
+
 def measure(config: dict, cpu: int, write_out: bool) -> dict:
     out_dir = tempfile.mkdtemp(prefix="run-", dir=DATA) if write_out else None
     cfg = {**config, "out": out_dir}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if hasattr(os, "sched_setaffinity") else None
+    code = code_version()["replay_sha256"]
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True,
                           cwd=ROOT, env=env, preexec_fn=pin)
@@ -170,7 +188,7 @@ def measure(config: dict, cpu: int, write_out: bool) -> dict:
     finally:
         if out_dir is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
-    return {"process_s": process_s, **row}
+    return {"process_s": process_s, **row, "replay_sha256": code, "loadavg_1m_before": load}
 
 
 def run_case(label: str, case: str, trace: Path, k: int, config: dict, cpu: int, repeat: int,
@@ -323,6 +341,11 @@ def main() -> None:
     for name, src in (("chat", chat), ("code", code)):
         rows += run_case(f"{name} 1x (Vidur cut)", "b", vidur_cut(src), 1, CASE_B, cpu, repeat, outs)
 
+    code = code_version()
+    measured = {r["replay_sha256"] for r in rows}
+    if measured != {code["replay_sha256"]}:
+        print(f"\nWARNING: replay/ changed during this run ({len(measured | {code['replay_sha256']})} versions of "
+              "its sources seen): the measurements are not of one code version; run again", flush=True)
     lines = table(rows)
     vlines, ratios = vidur_lines(rows)
     print("\n" + "\n".join(lines))
@@ -338,7 +361,8 @@ def main() -> None:
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
-        "machine": facts, "pinned_cpu": cpu,
+        "machine": {**facts, "loadavg_at_end": list(os.getloadavg())}, "pinned_cpu": cpu, "code": code,
+        "code_changed_during_run": measured != {code["replay_sha256"]},
         "cases": {"a": CASE_A, "b": {**CASE_B, "trace_cut": f"prompt + output <= {VIDUR_MAX_TOKENS} (Vidur's)"}},
         "baseline": VIDUR, "vs_vidur": ratios, "vidur_pypi_attempt": vidur_try, "results": rows,
         "notes": "process: spawn to exit; execute: replay.run.execute(); sim: RunResult.wall_s (event loop). "

@@ -27,8 +27,8 @@ from replay.trace.schema import SCHEMA, Request, Workload
 from replay.trace.synth import gamma_gaps_s
 
 __all__ = [
-    "OFFLINE", "ONLINE", "PROCESSES", "Server", "as_timed", "closed_loop", "gamma", "offline", "poisson",
-    "scale_rate", "schedule_s", "start", "static_batches", "window",
+    "OFFLINE", "ONLINE", "PROCESSES", "Server", "as_timed", "check", "closed_loop", "gamma", "offline", "poisson",
+    "scale_rate", "schedule_s", "start", "static_batches", "wait_until", "window",
 ]
 
 ProcessGen = Generator[simpy.Event, Any, None]
@@ -46,7 +46,7 @@ class Server(Protocol):
 
 # --- helpers ---------------------------------------------------------------------------------------------
 
-def _wait_until(env: simpy.Environment, t: float) -> ProcessGen:
+def wait_until(env: simpy.Environment, t: float) -> ProcessGen:
     """Wait until ``env.now == t`` exactly (no wait when ``t`` is not in the future).
 
     SimPy schedules at ``now + delay``, and ``now + (t - now)`` can miss ``t`` by an ulp (when ``now`` sits
@@ -67,7 +67,7 @@ def _at_offsets(env: simpy.Environment, requests: Iterable[Request], offsets_s: 
     t0 = env.now
     for request, offset in zip(requests, offsets_s.tolist()):
         t = t0 + offset
-        yield from _wait_until(env, t)
+        yield from wait_until(env, t)
         server.submit(request, t)
 
 
@@ -188,6 +188,12 @@ def start(env: simpy.Environment, name: str, workload: Workload, server: Server,
 
     Raises ValueError naming the bad parameter, or saying why the workload does not fit.
     """
+    check(name, workload, **params)
+    return env.process(PROCESSES[name](env, workload, server, **params))
+
+
+def check(name: str, workload: Workload, **params: Any) -> None:
+    """What ``start`` checks, without starting anything: a run can fail before it writes a file."""
     if name not in PROCESSES:
         raise ValueError(f"unknown arrival process {name!r}: expected one of {', '.join(PROCESSES)}")
     process = PROCESSES[name]
@@ -217,7 +223,6 @@ def start(env: simpy.Environment, name: str, workload: Workload, server: Server,
             i = int(np.argmax(np.diff(t) < 0)) + 1
             raise ValueError(f"arrival_s goes backwards at request {i} (id {workload[i].id!r}): "
                              "the workload must be in time order")
-    return env.process(process(env, workload, server, **params))
 
 
 def schedule_s(name: str, workload: Workload, **params: Any) -> np.ndarray | None:

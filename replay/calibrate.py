@@ -49,12 +49,13 @@ def calibrate_perf(run_dirs: list[str | Path], model: str | None = None, gpu: st
     dirs = [Path(d) for d in run_dirs]
     frames, seen = [], set()
     for d in dirs:
+        steps = read_steps(d)
         cfg = _run_config(d)
         setting = (model or cfg.get("model"), gpu or cfg.get("gpu"), tp or cfg.get("tp") or 1)
         if setting[0] is None or setting[1] is None:
             raise ValueError(f"{d}: no config.yaml naming the model and gpu; pass --model and --gpu")
         seen.add(setting)
-        frames.append(read_steps(d))
+        frames.append(steps)
     if len(seen) > 1:
         raise ValueError("the runs differ in model, GPU or tp ("
                          + "; ".join(f"{m} on {tp_} x {g}" for m, g, tp_ in sorted(seen, key=str))

@@ -272,7 +272,11 @@ def run_cmd(ctx, trace, config_file, online, force, quiet, **options):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         data["out"] = str(Path("runs") / f"{Path(data['trace']).stem}-{data.get('engine', 'sim')}-{stamp}")
     config = RunConfig.from_dict(data, where=config_file or "options")
-    result = execute(config, force=force, progress=not quiet)
+    try:
+        result = execute(config, force=force, progress=not quiet)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted: the requests finished so far are in {config.out}/requests.jsonl "
+                                   "and their steps in steps.jsonl") from None
     click.echo(format_summary(result.summary))
     steps = len(result.steps)
     click.echo(f"simulated {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "

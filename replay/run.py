@@ -131,6 +131,7 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True) ->
         t = workload.arrival_s
         params["rate_per_s"] = (len(t) - 1) / float(t[-1] - t[0])
         config = replace(config, rate_per_s=params["rate_per_s"])
+    arrivals.check(config.arrival, workload, **params)
     engines = build_engines(config)
     out = _prepare_out(config, force)
     engine_info = _engine_info(config, engines[0])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from array import array
 import math
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
+from replay.arrivals import wait_until
 from replay.engines.base import Engine, Step
 from replay.trace.schema import Request
 
@@ -37,14 +39,17 @@ __all__ = ["ROUTERS", "Recorder", "RequestRecord", "Router", "STEP_FIELDS", "Ser
 STEP_FIELDS = ("replica", "step", "start_s", "end_s", "duration_s", "prefill_tokens", "decode_tokens", "num_seqs",
                "sampled_seqs", "attn_pairs", "kv_read_tokens", "running", "waiting", "kv_blocks_used",
                "kv_blocks_total", "preempted", "energy_j")
+STEP_DTYPES = {name: (np.float64 if name in ("start_s", "end_s", "duration_s", "attn_pairs", "energy_j")
+                      else np.int64) for name in STEP_FIELDS}
+PACK_ROWS = 4096  # single-step rows are packed into typed arrays this many at a time (memory: 8 bytes a field)
 
 
 class RequestRecord:
     """What happened to one request, filled in as it moves through the server (times on the run clock)."""
 
     __slots__ = ("request", "replica", "arrival_s", "submitted_s", "admitted_s", "first_token_s", "finished_s",
-                 "cached_tokens", "preemptions", "energy_j", "token_steps", "run_start", "last_step", "status",
-                 "reason")
+                 "cached_tokens", "preemptions", "energy_j", "token_steps", "run_start", "last_step", "mark",
+                 "status", "reason")
 
     def __init__(self, request: Request, replica: int, arrival_s: float, submitted_s: float):
         self.request, self.replica = request, replica
@@ -54,6 +59,7 @@ class RequestRecord:
         self.energy_j = 0.0                      # attributed step energy (meaningful when the engine gives it)
         self.token_steps: list[list[int]] = []  # closed runs [first_step, count] of steps that emitted a token
         self.run_start = self.last_step = -2     # the open run
+        self.mark = 0.0                          # the loop's energy-per-token sum before its open decode stretch
         self.status, self.reason = "unfinished", None
 
     def emit(self, k: int) -> None:
@@ -96,14 +102,40 @@ class RequestRecord:
         }
 
 
+class _StepTable:
+    """Step records as typed columns that grow by doubling (8 bytes a field, no Python object per value)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.columns = {name: np.empty(1024, STEP_DTYPES[name]) for name in STEP_FIELDS}
+
+    def append(self, n: int, values: list) -> None:
+        """n rows; per STEP_FIELDS column a scalar (every row) or a sequence of n values (None -> NaN)."""
+        end = self.size + n
+        if end > len(self.columns["step"]):
+            capacity = max(end, 2 * len(self.columns["step"]))
+            for name, column in self.columns.items():
+                grown = np.empty(capacity, column.dtype)
+                grown[:self.size] = column[:self.size]
+                self.columns[name] = grown
+        for name, value in zip(STEP_FIELDS, values):
+            self.columns[name][self.size:end] = np.nan if value is None else value
+        self.size = end
+
+    def frame(self) -> pd.DataFrame:
+        cols = {name: column[:self.size].copy() for name, column in self.columns.items()}
+        order = np.lexsort((cols["step"], cols["replica"]))
+        return pd.DataFrame({name: column[order] for name, column in cols.items()}, columns=list(STEP_FIELDS))
+
+
 class Recorder:
     """Collects step and request records; with a directory, appends them to ``steps.jsonl`` and
     ``requests.jsonl`` as they come (flushed at least every ``flush_s`` seconds of wall time and at close), so
     an interrupted run keeps what it finished."""
 
     def __init__(self, out_dir: str | Path | None = None, flush_s: float = 1.0):
-        self._rows: list[tuple] = []                     # single steps since the last block
-        self._columns: list[list] = [[] for _ in STEP_FIELDS]
+        self._rows: list[tuple] = []         # single steps not yet in the table
+        self._table = _StepTable()
         self.requests: list[dict[str, Any]] = []
         self.flush_s = flush_s
         self._files: list[IO[str]] = []
@@ -117,31 +149,44 @@ class Recorder:
         self._step_line = "{{" + ",".join(f'"{name}":{{}}' for name in STEP_FIELDS) + "}}\n"
 
     def step(self, row: tuple) -> None:
+        """One step, a tuple in STEP_FIELDS order."""
         self._rows.append(row)
+        if len(self._rows) >= PACK_ROWS:
+            self._pack()
         if self._steps_file is not None:
             self._steps_file.write(self._step_line.format(*map(_json_number, row)))
             self._maybe_flush()
 
-    def steps_block(self, columns: list[list]) -> None:
-        """Many steps at once, as one list per STEP_FIELDS column."""
-        self._gather()
-        for into, values in zip(self._columns, columns):
-            into.extend(values)
+    def steps_block(self, columns: list) -> None:
+        """Many steps at once: per STEP_FIELDS column either one value for all of them or a numpy array (floats
+        must be finite: the caller checks its arrays, where it is cheap; energy may be None for all)."""
+        n = max(len(c) for c in columns if isinstance(c, np.ndarray))
+        self._table.append(n, columns)
         if self._steps_file is not None:
-            fmt = self._step_line.format
-            self._steps_file.write("".join(fmt(*map(_json_number, row)) for row in zip(*columns)))
+            # bake the columns that hold one value into the line template: formatting numbers is the cost
+            parts, varying = [], []
+            for name, values in zip(STEP_FIELDS, columns):
+                if isinstance(values, np.ndarray):
+                    parts.append(f'"{name}":{{}}')
+                    varying.append(values.tolist())
+                else:
+                    parts.append(f'"{name}":{_json_number(values)}')
+            fmt = ("{{" + ",".join(parts) + "}}\n").format  # str() of a finite float is its repr: valid JSON
+            self._steps_file.write("".join(fmt(*row) for row in zip(*varying)))
             self._maybe_flush()
 
-    def _gather(self) -> None:
+    def _pack(self) -> None:
         if self._rows:
-            for into, values in zip(self._columns, zip(*self._rows)):
-                into.extend(values)
+            columns = list(zip(*self._rows))
+            columns[-1] = [np.nan if v is None else v for v in columns[-1]]  # energy_j
+            self._table.append(len(self._rows), columns)
             self._rows = []
 
     def steps_frame(self) -> "pd.DataFrame":
-        """Every step recorded so far, one row per step, STEP_FIELDS columns."""
-        self._gather()
-        return pd.DataFrame(dict(zip(STEP_FIELDS, self._columns)), columns=list(STEP_FIELDS))
+        """Every step recorded so far, ordered by replica and step, STEP_FIELDS columns (energy_j NaN where the
+        engine gave none)."""
+        self._pack()
+        return self._table.frame()
 
     def request(self, record: dict[str, Any]) -> None:
         self.requests.append(record)
@@ -191,6 +236,7 @@ class ServerLoop:
         self.busy_s = 0.0
         self.steps = 0
         self.energy_known = True   # every step so far came with the engine's energy
+        self.per_token_sum = array("d")  # [k]: sum over steps 0..k of step energy / step tokens
         self._wake: simpy.Event | None = None
         self.process = env.process(self._run())
 
@@ -225,8 +271,14 @@ class ServerLoop:
 
     # --- the loop ----------------------------------------------------------------------------------------
 
+    def _settle(self, record: RequestRecord) -> None:
+        """Add the energy of the decode stretch that ends at ``record.last_step`` (see ``_run``)."""
+        if record.run_start >= 0 and self.energy_known:
+            record.energy_j += self.per_token_sum[record.last_step] - record.mark
+
     def _end(self, record: RequestRecord) -> None:
         rid = record.request.id
+        self._settle(record)
         del self.records[rid]
         self.done.add(rid)
         self.outstanding -= 1
@@ -270,27 +322,30 @@ class ServerLoop:
             shape = step.shape
             energy = step.energy_j
             km1 = k - 1
+            # Energy is split by tokens. A decode's share is the step's energy per token, so a request's decode
+            # energy over steps a..b is per_token_sum[b] - per_token_sum[a - 1], added when its stretch of
+            # decodes ends (_settle): no per-request work per decode step.
             if energy is not None:
                 per_token = energy / shape.tokens if shape.tokens else 0.0
-                for rid in step.decoded:
-                    r = records[rid]
-                    r.energy_j += per_token
-                    if r.last_step == km1:
-                        r.last_step = k
-                    else:
-                        r.emit(k)
+                sums = self.per_token_sum
+                sums.append((sums[-1] if sums else 0.0) + per_token)
                 for rid, n in zip(step.prefilled, step.prefill_sizes):
                     records[rid].energy_j += per_token * n
             else:
                 self.energy_known = False
-                for rid in step.decoded:
-                    r = records[rid]
-                    if r.last_step == km1:
-                        r.last_step = k
-                    else:
-                        r.emit(k)
-            for rid in step.completed:
-                records[rid].emit(k)
+            for rid in step.decoded:
+                r = records[rid]
+                if r.last_step == km1:
+                    r.last_step = k
+                else:  # decodes resume after a gap: settle the last stretch, open a new one
+                    self._settle(r)
+                    r.mark = self.per_token_sum[km1] if self.energy_known and km1 >= 0 else 0.0
+                    r.emit(k)
+            for rid in step.completed:  # a prompt (or recompute) done: its token opens a stretch of decodes
+                r = records[rid]
+                self._settle(r)
+                r.mark = self.per_token_sum[k] if self.energy_known else 0.0
+                r.emit(k)
             for rid in step.first_token:
                 records[rid].first_token_s = end_s
             for rid, cached in zip(step.admitted, step.admitted_cached):
@@ -316,35 +371,41 @@ class ServerLoop:
         """Record the DecodeRun after ``step`` as steps k0, k0 + 1, ...: the same rows and request updates as
         stepping one at a time, paid for once."""
         run, env, records = step.run, self.env, self.records
-        t0 = env.now
-        ends = t0 + np.cumsum(run.durations_s)
-        yield env.timeout(float(ends[-1]) - t0)
-        ends[-1] = env.now
+        t0 = t = env.now
+        ends = []
+        for d in run.durations_s.tolist():  # added one at a time, as single steps would be: the same bits
+            t += d
+            ends.append(t)
+        yield from wait_until(env, t)
+        ends = np.array(ends)
         starts = np.concatenate(([t0], ends[:-1]))
         self.busy_s += env.now - t0
         last = k0 + run.count - 1
         self.steps = last + 1
         batch = len(step.decoded)
-        if run.energies_j is not None:
-            share = float(run.energies_j.sum()) / batch
-            for rid in step.decoded:
-                r = records[rid]
-                r.energy_j += share
-                r.last_step = last  # step.decoded emitted in step k0 - 1 too, so the open run goes on
+        if run.energies_j is not None and self.energy_known:
+            sums = self.per_token_sum
+            total = sums[-1]
+            for e in run.energies_j.tolist():
+                total += e / batch
+                sums.append(total)
         else:
             self.energy_known = False
-            for rid in step.decoded:
-                records[rid].last_step = last
+        for rid in step.decoded:
+            records[rid].last_step = last  # they emitted in step k0 - 1 too: their open stretch goes on
         count = run.count
-        running = [step.running] * count
-        running[-1] = run.running
-        kv = run.kv_read_tokens.tolist()
-        energies = run.energies_j.tolist() if run.energies_j is not None else [None] * count
+        if not (np.isfinite(ends).all() and (run.energies_j is None or np.isfinite(run.energies_j).all())):
+            raise ValueError(f"replica {self.replica}: non-finite step time or energy in steps {k0}..{last}")
+        if run.running == step.running:
+            running = step.running
+        else:
+            running = np.full(count, step.running, dtype=np.int64)
+            running[-1] = run.running
+        kv = run.kv_read_tokens
         self.recorder.steps_block([
-            [self.replica] * count, range(k0, k0 + count), starts.tolist(), ends.tolist(),
-            (ends - starts).tolist(), [0] * count, [batch] * count, [batch] * count, [batch] * count,
-            [float(x) for x in kv], kv, running, [run.waiting] * count, run.kv_blocks_used.tolist(),
-            [step.kv_blocks_total] * count, [0] * count, energies])
+            self.replica, np.arange(k0, k0 + count, dtype=np.int64), starts, ends, ends - starts, 0, batch, batch,
+            batch, kv.astype(np.float64), kv, running, run.waiting, run.kv_blocks_used, step.kv_blocks_total, 0,
+            run.energies_j])
         end_s = env.now
         for rid in run.finished:
             r = records[rid]

@@ -12,7 +12,7 @@ from replay.cli import main
 from replay.trace import read_trace
 from replay.trace.formats.burstgpt import FAILED
 
-COMMANDS = ["convert", "stats", "bins", "synth"]
+COMMANDS = ["convert", "stats", "bins", "synth", "run", "calibrate"]
 
 
 def run(*args: str):
@@ -250,3 +250,86 @@ def test_synth_bad_spec_is_one_line(tmp_path):
     result = run("synth", tmp_path / "s.jsonl", "--input", "weird:1", "--output", "const:1", "--requests", "3")
     assert_one_error_line(result)
     assert leftovers(tmp_path) == []
+
+
+# --- run and calibrate ---------------------------------------------------------------------------------------
+
+def test_run_writes_a_run_directory_and_prints_the_summary(tmp_path):
+    out = tmp_path / "run"
+    result = run("run", TRACES / "chat.jsonl", "--limit", 200, "--out", out, "--quiet", "--slo", "ttft=1s")
+    assert result.exit_code == 0, result.output
+    for needle in ("TTFT", "TPOT", "ITL", "E2E", "goodput", "modelled", f"run directory: {out}"):
+        assert needle in result.output, needle
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["finished"] == 200
+    config = (out / "config.yaml").read_text()
+    assert "arrival: timed" in config and "limit: 200" in config
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 200
+
+
+def test_run_refuses_to_overwrite_a_run_without_force(tmp_path):
+    out = tmp_path / "run"
+    assert run("run", TRACES / "code.jsonl", "--limit", 20, "--out", out, "--quiet").exit_code == 0
+    before = (out / "requests.jsonl").read_bytes()
+    assert_one_error_line(run("run", TRACES / "code.jsonl", "--limit", 20, "--out", out, "--quiet"),
+                          "already holds a run", "--force")
+    assert (out / "requests.jsonl").read_bytes() == before
+    result = run("run", TRACES / "code.jsonl", "--limit", 10, "--out", out, "--quiet", "--force")
+    assert result.exit_code == 0, result.output
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 10
+
+
+def test_run_config_file_with_command_line_overrides(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"trace: {TRACES / 'chat.jsonl'}\nlimit: 50\nmode: offline\nbatch_size: 10\nmax_num_seqs: 8\n")
+    out = tmp_path / "run"
+    result = run("run", "--config", cfg, "--max-num-seqs", 4, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    config = (out / "config.yaml").read_text()
+    assert "arrival: static" in config and "max_num_seqs: 4" in config and "batch_size: 10" in config
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert max(s["num_seqs"] for s in steps) <= 4
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--model", "no-such-model"], ["no-such-model"]),
+    (["--gpu", "tpu9"], ["tpu9"]),
+    (["--arrival", "static"], ["static", "online"]),
+    (["--rate", "-1"], ["rate_per_s"]),
+    (["--slo", "ttft=fast"], ["ttft"]),
+])
+def test_run_bad_options_are_one_line(tmp_path, args, needles):
+    result = run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", tmp_path / "run", "--quiet", *args)
+    assert_one_error_line(result, *needles)
+    assert not (tmp_path / "run" / "requests.jsonl").exists()
+
+
+def test_run_untimed_trace_needs_a_rate_or_offline(tmp_path):
+    untimed = tmp_path / "untimed.jsonl"
+    untimed.write_text('{"id":"a","arrival_s":null,"input_tokens":10,"output_tokens":5}\n')
+    assert_one_error_line(run("run", untimed, "--out", tmp_path / "r1", "--quiet"), "--rate", "--offline")
+    assert run("run", untimed, "--out", tmp_path / "r2", "--quiet", "--offline").exit_code == 0
+    assert run("run", untimed, "--out", tmp_path / "r3", "--quiet", "--rate", 2).exit_code == 0
+
+
+def test_calibrate_perf_recovers_the_simulators_own_parameters(tmp_path):
+    """A run of the simulator with known performance parameters, fitted back from its steps.jsonl."""
+    perf = tmp_path / "true.yaml"
+    perf.write_text("perf_params: {compute_efficiency: 0.35, memory_efficiency: 0.6, overhead_s: 0.002, "
+                    "per_seq_s: 2.0e-5}\n")
+    out = tmp_path / "run"
+    assert run("run", TRACES / "chat.jsonl", "--limit", 300, "--perf", perf, "--out", out, "--quiet").exit_code == 0
+    result = run("calibrate", out, "--perf", "--out", tmp_path / "fitted.yaml")
+    assert result.exit_code == 0, result.output
+    assert "held-out MAPE" in result.output
+    from replay.engines.sim.perf import load_perf
+    fitted = load_perf(tmp_path / "fitted.yaml")
+    assert fitted.compute_efficiency == pytest.approx(0.35, rel=0.05)
+    assert fitted.memory_efficiency == pytest.approx(0.6, rel=0.05)
+    assert fitted.overhead_s == pytest.approx(0.002, rel=0.1)
+
+
+def test_calibrate_needs_a_mode_and_a_run_directory(tmp_path):
+    result = run("calibrate", tmp_path)
+    assert result.exit_code == 2 and "--perf" in result.output
+    assert_one_error_line(run("calibrate", tmp_path, "--perf"), "steps.jsonl")

@@ -114,9 +114,11 @@ class Scheduler:
         if need > c.num_blocks:
             return (f"needs {need} KV blocks of {c.block_size} tokens for {total} tokens; the cache holds "
                     f"{c.num_blocks}")
-        if not c.enable_chunked_prefill and request.input_tokens > c.max_num_batched_tokens:
-            return (f"input tokens ({request.input_tokens}) exceed max_num_batched_tokens "
-                    f"{c.max_num_batched_tokens} and chunked prefill is off")
+        if not c.enable_chunked_prefill and total > c.max_num_batched_tokens:
+            # vLLM requires max_num_batched_tokens >= max_model_len without chunked prefill; per request, the
+            # bound is prompt + output: a preempted request recomputes both in one step
+            return (f"input + output tokens ({total}) exceed max_num_batched_tokens {c.max_num_batched_tokens} "
+                    "and chunked prefill is off (a preempted request must recompute them in one step)")
         return None
 
     def add(self, request: Request) -> str | None:
@@ -282,9 +284,8 @@ class Scheduler:
         while i < len(running) and budget > 0:
             seq = running[i]
             before = seq.computed
-            n = seq.num_tokens - before
-            if n > budget:
-                n = budget
+            left = seq.num_tokens - before
+            n = left if left <= budget else budget
             need = (before + n + bs - 1) // bs - seq.blocks
             if need > 0:
                 fits = True
@@ -296,7 +297,7 @@ class Scheduler:
                     break
                 self._take(need)
                 seq.blocks += need
-            if n == 1 and seq.out:
+            if left == 1 and seq.out:  # a decode (or the last token of a recompute: the same work)
                 seq.computed = before + 1
                 kv_read += before + 1
                 attn += before + 1

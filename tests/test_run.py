@@ -1,0 +1,317 @@
+"""Whole runs through ``execute``: arrival processes end to end (rate and burstiness from the records, seeds,
+speed-up, rate scaling, untimed traces), [Na25] static batches and plain offline runs, the run directory, tensor
+parallelism and the KV budget, and prefix caching on the Mooncake trace."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import DATA, TRACES
+from replay.arrivals import UNTIMED_MESSAGE
+from replay.config import RunConfig
+from replay.engines.sim.engine import NON_TORCH_BYTES, SimEngine, kv_budget
+from replay.run import RUN_FILES, RunResult, execute
+from replay.specs import hardware, model
+from replay.trace import read_trace
+from replay.trace.schema import Request
+from test_server import check_records, runs_to_steps
+
+CHAT, CODE = str(TRACES / "chat.jsonl"), str(TRACES / "code.jsonl")
+LLAMA, H100 = model("llama-3.1-8b"), hardware("h100-sxm")
+
+
+def run(trace: str = CHAT, **kw) -> RunResult:
+    result = execute(RunConfig(trace=trace, **kw), progress=False)
+    check_records(result.requests, result.steps, result.config.max_num_batched_tokens, result.config.max_num_seqs)
+    return result
+
+
+def in_trace_order(result: RunResult) -> pd.DataFrame:
+    """The request records in workload order (the bundled traces' ids are row numbers; copies '<id>#k')."""
+    def key(rid: str) -> tuple[int, int]:
+        base, _, copy = rid.partition("#")
+        return int(base), int(copy or 1)
+    df = result.requests
+    return df.iloc[sorted(range(len(df)), key=lambda i: key(df["id"].iloc[i]))].reset_index(drop=True)
+
+
+@cache
+def trace(path: str) -> tuple[Request, ...]:
+    return tuple(read_trace(path))
+
+
+def trace_times(path: str, n: int) -> dict[str, float]:
+    return {r.id: r.arrival_s for r in trace(path)[:n]}
+
+
+# --- arrival processes, end to end --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate, cv", [(40.0, None), (40.0, 2.0), (8.0, 0.5)])
+def test_rate_and_burstiness_of_a_whole_run(rate, cv):
+    n = 2000
+    result = run(CODE, limit=n, rate_per_s=rate, cv=cv, seed=7, kv_blocks=20_000)
+    assert result.config.arrival == ("poisson" if cv is None else "gamma")
+    cv = 1.0 if cv is None else cv
+    df = in_trace_order(result)
+    assert len(df) == n and (df["status"] == "finished").all()
+    t = df["arrival_s"].to_numpy()
+    assert t[0] == 0.0 and (np.diff(t) >= 0).all()
+    assert (df["submitted_s"] == df["arrival_s"]).all()
+    m = n - 1
+    # t[-1] is a sum of m gaps of mean 1/rate and CV cv: the rate estimate has relative standard error cv/sqrt(m);
+    # the sample CV of gamma gaps has standard error about cv * sqrt((1 + cv^2) / (2m)). Four standard errors:
+    assert abs(m / t[-1] / rate - 1) < 4 * cv / math.sqrt(m)
+    gaps = np.diff(t)
+    assert abs(gaps.std() / gaps.mean() - cv) < 4 * cv * math.sqrt((1 + cv**2) / (2 * m))
+    original = trace_times(CODE, n)
+    assert not np.allclose(t, [original[i] for i in df["id"]])  # re-timed, not the trace's own times
+    assert (df["input_tokens"].tolist(), df["output_tokens"].tolist()) == (
+        [r.input_tokens for r in trace(CODE)[:n]], [r.output_tokens for r in trace(CODE)[:n]])
+
+
+def test_same_seed_same_bytes_other_seed_other_arrivals(tmp_path):
+    kw = dict(trace=CHAT, limit=150, rate_per_s=12.0, cv=1.5, kv_blocks=400, max_num_batched_tokens=1024)
+    a = execute(RunConfig(**kw, seed=5, out=str(tmp_path / "a")), progress=False)
+    b = execute(RunConfig(**kw, seed=5, out=str(tmp_path / "b")), progress=False)
+    assert a.summary.preemptions > 0  # a run with preemptions and queueing, not a trivial one
+    for name in ("requests.jsonl", "steps.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    ca, cb = (yaml.safe_load((tmp_path / d / "config.yaml").read_text()) for d in "ab")
+    assert {**ca, "out": None} == {**cb, "out": None}
+    c = execute(RunConfig(**kw, seed=6), progress=False)
+    ta, tc = in_trace_order(a)["arrival_s"].to_numpy(), in_trace_order(c)["arrival_s"].to_numpy()
+    assert (ta != tc).sum() >= len(ta) - 1  # all but the first (0) differ
+
+
+def test_timed_speedup_divides_arrival_times():
+    n = 200
+    one = in_trace_order(run(CHAT, limit=n))
+    two = in_trace_order(run(CHAT, limit=n, speedup=2.0))
+    original = trace_times(CHAT, n)
+    assert one["arrival_s"].tolist() == [original[i] for i in one["id"]]
+    assert two["arrival_s"].tolist() == [original[i] / 2.0 for i in two["id"]]
+    assert (two["arrival_s"] * 2.0 == one["arrival_s"]).all()
+    assert two["ttft_s"].mean() >= one["ttft_s"].mean()  # twice the load waits at least as long on average
+
+
+def test_rate_scale_compress_and_thin_dup():
+    n = 300
+    original = trace_times(CHAT, n)
+    base = in_trace_order(run(CHAT, limit=n))
+    comp = in_trace_order(run(CHAT, limit=n, rate_scale=2.0))
+    assert comp["id"].tolist() == base["id"].tolist()  # the same requests, the timeline halved
+    assert comp["arrival_s"].tolist() == [original[i] / 2.0 for i in comp["id"]]
+    thin = in_trace_order(run(CHAT, limit=n, rate_scale=1.5, rate_scale_how="thin-dup", seed=3))
+    # each request once, plus a copy with probability 0.5: the count is binomial around 1.5 n
+    assert abs(len(thin) - 1.5 * n) <= 4 * math.sqrt(n * 0.25)
+    ids = thin["id"].tolist()
+    assert len(set(ids)) == len(ids) and set(original) <= {i.partition("#")[0] for i in ids}
+    for rid, t in zip(ids, thin["arrival_s"]):
+        base_id, _, copy = rid.partition("#")
+        if copy:
+            assert copy == "2" and t >= original[base_id]
+        else:
+            assert t == original[base_id]  # the timeline is kept
+    t_end = max(original.values())
+    assert thin["arrival_s"].max() <= t_end and comp["arrival_s"].max() == t_end / 2.0
+
+
+def lengths_csv(tmp_path, n: int = 40):
+    """A length-only CSV (no arrival times) of the first n chat requests."""
+    path = tmp_path / "lengths.csv"
+    rows = [(r.input_tokens, r.output_tokens) for r in trace(CHAT)[:n]]
+    path.write_text("num_prefill_tokens,num_decode_tokens\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    return path
+
+
+def test_untimed_trace_needs_an_arrival_process(tmp_path):
+    path = lengths_csv(tmp_path)
+    with pytest.raises(ValueError) as exc:
+        execute(RunConfig(trace=str(path)), progress=False)  # online, timed: the default
+    assert str(exc.value) == UNTIMED_MESSAGE
+    with pytest.raises(ValueError, match="needs --rate"):
+        execute(RunConfig(trace=str(path), arrival="poisson"), progress=False)
+    with pytest.raises(ValueError, match="no arrival times"):
+        execute(RunConfig(trace=str(path), rate_per_s=2.0, rate_scale=2.0), progress=False)
+    result = run(str(path), rate_per_s=4.0)
+    assert len(result.requests) == 40 and (result.requests["status"] == "finished").all()
+    assert run(str(path), mode="offline").requests["arrival_s"].eq(0.0).all()
+
+
+def test_a_run_that_cannot_start_leaves_no_run_directory(tmp_path):
+    """Regression: the arrival process is checked against the workload before the run directory is written, so
+    a run that never started does not make the corrected rerun need --force."""
+    path, out = lengths_csv(tmp_path), tmp_path / "run"
+    with pytest.raises(ValueError, match="no arrival times"):
+        execute(RunConfig(trace=str(path), out=str(out)), progress=False)
+    assert not out.exists() or not any(out.iterdir())
+    execute(RunConfig(trace=str(path), rate_per_s=2.0, out=str(out)), progress=False)  # the corrected rerun
+
+
+def test_closed_loop_keeps_the_concurrency():
+    c = 4
+    df = in_trace_order(run(CHAT, limit=80, concurrency=c))
+    start, end = df["submitted_s"].to_numpy(), df["finished_s"].to_numpy()
+    assert (start[:c] == 0).all()
+    for t in start:  # just after each submit: at most c requests submitted and not finished
+        assert ((start <= t) & (end > t)).sum() <= c
+    assert set(start[c:]) <= set(end)  # each later request went when an earlier one finished
+
+
+# --- offline -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("b, kv_blocks", [(8, None), (5, 300)])
+def test_static_batches_one_at_a_time(b, kv_blocks):
+    n = 43
+    result = run(CHAT, limit=n, mode="offline", batch_size=b, kv_blocks=kv_blocks)
+    assert result.config.arrival == "static"
+    df = in_trace_order(result)
+    assert (df["status"] == "finished").all()
+    batches = [df.iloc[i:i + b] for i in range(0, n, b)]
+    assert batches[0]["arrival_s"].eq(0.0).all()
+    for before, after in zip(batches, batches[1:]):
+        assert after["arrival_s"].nunique() == 1
+        assert after["arrival_s"].min() == before["finished_s"].max()  # submitted when the last one finished
+    # the engine never holds requests of two batches: every step serves one batch only
+    batch_of = {rid: i // b for i, rid in enumerate(df["id"])}
+    serving: dict[int, set[int]] = {}
+    for rid, token_steps in zip(df["id"], df["token_steps"]):
+        for k in runs_to_steps(token_steps):
+            serving.setdefault(k, set()).add(batch_of[rid])
+    assert all(len(s) == 1 for s in serving.values())
+    steps = result.steps
+    assert (steps["running"] + steps["waiting"] <= b).all()
+    if kv_blocks is not None:
+        assert result.summary.preemptions > 0
+
+
+def test_offline_everything_at_zero_and_the_queue_drains():
+    n = 120
+    result = run(CHAT, limit=n, mode="offline")
+    assert result.config.arrival == "offline"
+    df = result.requests
+    assert len(df) == n and df["arrival_s"].eq(0.0).all() and (df["status"] == "finished").all()
+    steps = result.steps
+    assert steps["start_s"].iloc[0] == 0.0
+    queued = (steps["running"] + steps["waiting"]).to_numpy()
+    assert queued[0] + (df["finished_s"] == steps["end_s"].iloc[0]).sum() == n
+    assert (np.diff(steps["waiting"].to_numpy()) <= 0).all()  # nothing arrives later; nothing is preempted
+    assert queued[-1] == 0 and df["finished_s"].max() == steps["end_s"].iloc[-1]
+
+
+# --- the run directory -----------------------------------------------------------------------------------------
+
+def test_run_directory_holds_the_results(tmp_path):
+    out = tmp_path / "run"
+    result = execute(RunConfig(trace=CHAT, limit=120, kv_blocks=500, out=str(out)), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["trace"] == CHAT and config["arrival"] == "timed" and config["limit"] == 120
+    assert config["resolved_engine"]["kv_blocks"] == 500 == result.engine["kv_blocks"]
+    steps = pd.DataFrame([json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()])
+    pd.testing.assert_frame_equal(steps, result.steps, check_dtype=False, check_exact=True)
+    requests = pd.DataFrame([json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()])
+    pd.testing.assert_frame_equal(requests, result.requests, check_dtype=False, check_exact=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"] == result.summary.to_dict()
+    assert summary["simulation"]["steps"] == len(result.steps) and summary["simulation"]["requests"] == 120
+
+    with pytest.raises(ValueError, match="already holds a run.*--force"):
+        execute(RunConfig(trace=CHAT, limit=10, out=str(out)), progress=False)
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 120  # untouched
+    again = execute(RunConfig(trace=CHAT, limit=10, out=str(out)), force=True, progress=False)
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 10 == len(again.requests)
+    assert len((out / "steps.jsonl").read_text().splitlines()) == len(again.steps)
+
+
+# --- tensor parallelism and the KV budget ------------------------------------------------------------------------
+
+def test_kv_budget_splits_weights_and_kv_heads_over_tp():
+    budgets = {tp: kv_budget(LLAMA, H100, tp) for tp in (1, 2, 4)}
+    for tp, b in budgets.items():
+        assert b.weight_bytes == LLAMA.weight_bytes / tp
+        assert b.usable_bytes == pytest.approx(0.9 * H100.memory_bytes)
+        per_block = 2 * LLAMA.num_layers * max(1, LLAMA.num_kv_heads / tp) * LLAMA.head_dim * LLAMA.dtype_bytes * 16
+        assert b.kv_bytes_per_block == per_block
+        free = b.usable_bytes - b.weight_bytes - b.activation_bytes - b.non_torch_bytes
+        assert b.non_torch_bytes == NON_TORCH_BYTES and b.activation_bytes > 0
+        assert b.num_blocks > 0 and b.num_blocks * per_block <= free < (b.num_blocks + 1) * per_block
+    assert budgets[1].num_blocks < budgets[2].num_blocks < budgets[4].num_blocks
+    assert budgets[2].num_blocks > 2 * budgets[1].num_blocks  # half the weights and half of each block per GPU
+    assert kv_budget(LLAMA, H100, 1, gpu_memory_utilization=0.5).num_blocks < budgets[1].num_blocks
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="gpu_memory_utilization"):
+            kv_budget(LLAMA, H100, 1, gpu_memory_utilization=bad)
+
+
+def test_a_model_that_does_not_fit_is_a_clear_error(tmp_path):
+    big = model("llama-3.1-70b")
+    with pytest.raises(ValueError) as exc:
+        kv_budget(big, H100, 1)
+    text = str(exc.value)
+    assert "does not fit" in text and big.key in text and "--tp" in text and "weights" in text
+    assert kv_budget(big, H100, 4).num_blocks > 0
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="does not fit"):
+        execute(RunConfig(trace=CHAT, limit=5, model="llama-3.1-70b", out=str(out)), progress=False)
+    assert not out.exists()  # nothing written for a run that could not start
+    assert execute(RunConfig(trace=CHAT, limit=5, model="llama-3.1-70b", tp=4), progress=False).summary.finished == 5
+
+
+def single_step(engine: SimEngine):
+    """One iteration and no more (the next request could arrive at once, so no fused decode run)."""
+    step = engine.step(0.0)
+    assert getattr(step, "run", None) is None
+    return step
+
+
+def test_tp2_steps_are_faster_for_the_same_batches():
+    requests = [Request(r.id, 0.0, r.input_tokens, r.output_tokens) for r in trace(CHAT)[:40]]
+    engines = {tp: SimEngine(LLAMA, H100, tp=tp, num_blocks=20_000) for tp in (1, 2)}
+    for e in engines.values():
+        for r in requests:
+            assert e.add(r) is None
+    count = 0
+    while engines[1].has_work():
+        one, two = single_step(engines[1]), single_step(engines[2])
+        assert one.shape == two.shape and one.emitted == two.emitted  # the same batch
+        assert two.duration_s < one.duration_s
+        count += 1
+    assert not engines[2].has_work() and count > 100
+
+
+def test_tp2_run_has_more_kv_and_shorter_steps():
+    kw = dict(trace=CHAT, limit=100, mode="offline")
+    one, two = run(**kw), run(**kw, tp=2)
+    assert two.engine["kv_blocks"] > 2 * one.engine["kv_blocks"] and two.engine["gpus"] == 2
+    cols = ["prefill_tokens", "decode_tokens", "num_seqs"]
+    assert one.summary.preemptions == two.summary.preemptions == 0
+    pd.testing.assert_frame_equal(one.steps[cols], two.steps[cols])  # ample KV either way: the same schedule
+    assert (two.steps["duration_s"] < one.steps["duration_s"]).all()
+
+
+# --- prefix caching on the Mooncake trace --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", ["sample", "shared"])
+def test_mooncake_with_prefix_caching_hits(source, request):
+    if source == "sample":
+        path = DATA / "mooncake_head.jsonl"
+    else:
+        path = request.getfixturevalue("shared_data") / "mooncake" / "synthetic_trace.jsonl"
+        if not path.exists():
+            pytest.skip(f"{path} is absent")
+    on = run(str(path), limit=200, prefix_caching=True)
+    off = run(str(path), limit=200, prefix_caching=False)
+    fin = on.requests[on.requests["status"] == "finished"]
+    assert (fin["cached_tokens"] > 0).sum() >= 10
+    assert (off.requests["cached_tokens"] == 0).all()
+    # never the whole prompt on any admission, so never more than the prompt per admission in total
+    assert (fin["cached_tokens"] < fin["input_tokens"] * (fin["preemptions"] + 1)).all()
+    assert on.steps["prefill_tokens"].sum() < off.steps["prefill_tokens"].sum()
