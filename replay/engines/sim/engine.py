@@ -117,13 +117,13 @@ class SimEngine:
             return None
         k, computed, cum_blocks = plan
         kv_read = computed + batch * np.arange(1, k + 1, dtype=np.int64)
-        durations = self.perf.times_s(0, batch, batch, batch, kv_read, kv_read)
+        durations = self.perf.decode_times_s(batch, kv_read)
         starts = first_s + np.cumsum(durations) - durations  # from the start of the step before the run
         k = int(np.searchsorted(starts, horizon_s, side="left"))  # steps that start before the next arrival
         if k < 1:
             return None
         durations, kv_read = durations[:k], kv_read[:k]
-        energies = self.power.step_energies_j(self.perf, 0, batch, batch, batch, kv_read, kv_read, durations)
+        energies = self.power.decode_energies_j(self.perf, batch, kv_read, durations)
         used = used_blocks + cum_blocks[:k]
         finished = self.scheduler.advance_decodes(k)
         used[-1] = self.config.num_blocks - self.scheduler.free_blocks

@@ -189,6 +189,18 @@ class PerfModel:
              + self._ar_s_per_token * tokens + self._ar_s)
         return np.where(tokens > 0, t, self._overhead_s)
 
+    def decode_times_s(self, batch: int, kv_read_tokens: np.ndarray) -> np.ndarray:
+        """``step_time_s`` of decode-only steps of ``batch`` sequences, one per element of ``kv_read_tokens`` (the
+        simulated engine's fused decode runs): the same operations in the same order, so the same bits."""
+        if batch <= 0:
+            return np.full(len(kv_read_tokens), self._overhead_s)
+        lin = self._lin_s_per_token * batch + self._lin_s_per_sampled * batch
+        if lin < self._weights_s:
+            lin = self._weights_s
+        head = self._overhead_s + self._per_seq_s * batch + lin
+        attn = np.maximum(self._attn_s_per_pair * kv_read_tokens, self._kv_s_per_token * (kv_read_tokens + batch))
+        return head + attn + self._ar_s_per_token * batch + self._ar_s
+
     def utilisations(self, prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs, kv_read_tokens,
                      durations_s) -> tuple[np.ndarray, np.ndarray]:
         """``utilisation`` over arrays (steps of zero duration or without tokens: 0)."""

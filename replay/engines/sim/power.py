@@ -124,6 +124,19 @@ class PowerModel:
         load = np.minimum(self._cw * c + self._mw * m, 1.0)
         return (self.idle_w + self._span_w * load) * np.asarray(durations_s, dtype=float)
 
+    def decode_energies_j(self, perf: PerfModel, batch: int, kv_read_tokens: np.ndarray,
+                          durations_s: np.ndarray) -> np.ndarray:
+        """``step_energy_j`` of decode-only steps (see ``PerfModel.decode_times_s``), the same bits."""
+        if batch <= 0:
+            return self.idle_w * durations_s
+        flops = (perf.flops_per_token * batch + perf.flops_per_sampled * batch
+                 + perf.flops_per_pair * kv_read_tokens)
+        nbytes = perf.weight_bytes + perf.kv_bytes_per_token * (kv_read_tokens + batch)
+        c = np.minimum(flops / (perf.peak_flops * durations_s), 1.0)
+        m = np.minimum(nbytes / (perf.bandwidth_bps * durations_s), 1.0)
+        load = np.minimum(self._cw * c + self._mw * m, 1.0)
+        return (self.idle_w + self._span_w * load) * durations_s
+
     def idle_energy_j(self, seconds: float) -> float:
         """Modelled joules of the replica sitting idle for ``seconds``."""
         return self.idle_w * seconds

@@ -3,6 +3,7 @@ place between idle and TDP, and a loose comparison with ML.ENERGY v2 measurement
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -148,3 +149,18 @@ def test_against_mlenergy_v2(shared_data):
         tpot = r["Avg TPOT (s)"]
         modelled_w = power.step_energy_j(perf, **step, duration_s=tpot) / tpot
         assert 0.4 <= modelled_w / measured_w <= 1.25, (r["GPU"], batch, modelled_w, measured_w)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_decode_run_arrays_are_bit_identical_to_single_steps(tp):
+    """The fused decode runs of the simulated engine must give the very numbers single steps give."""
+    perf, power = PerfModel(model("llama-3.1-8b"), hardware("h100-sxm"), tp=tp), PowerModel(hardware("h100-sxm"), tp=tp)
+    rng = np.random.default_rng(tp)
+    for batch in (1, 7, 64, 256):
+        kv = rng.integers(batch, 400_000, 50)
+        times = perf.decode_times_s(batch, kv)
+        energies = power.decode_energies_j(perf, batch, kv, times)
+        for t, e, k in zip(times.tolist(), energies.tolist(), kv.tolist()):
+            t1 = perf.step_time_s(0, batch, batch, batch, float(k), k)
+            assert t == t1
+            assert e == power.step_energy_j(perf, 0, batch, batch, batch, float(k), k, t1)
