@@ -15,6 +15,7 @@ from replay import __version__
 from replay.arrivals import PROCESSES
 from replay.calibrate import calibrate_perf
 from replay.config import ENGINES, RATE_SCALE_HOW, RunConfig, load_config
+from replay.plan import format_plan, parse_target, plan_replicas
 from replay.report.metrics import format_summary
 from replay.run import execute
 from replay.server import ROUTERS
@@ -191,55 +192,87 @@ _RUN_OPTIONS = {
 }
 
 
+def run_options(fn):
+    """The options of one run, shared by ``run`` and ``plan``."""
+    for decorator in reversed(_RUN_DECORATORS):
+        fn = decorator(fn)
+    return fn
+
+
+_RUN_DECORATORS = [
+    click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+                  help="YAML file of run options (the keys of a run's config.yaml); options given here win."),
+    click.option("--engine", type=click.Choice(ENGINES), default="sim", show_default=True,
+                  help="sim: the simulated vLLM engine (modelled time and energy)."),
+    click.option("--online/--offline", "online", default=True, show_default=True,
+                  help="Online: requests arrive over time (as timed, or re-timed with --rate). Offline: all at "
+                       "once, or in static batches of --batch-size."),
+    click.option("--arrival", type=click.Choice(sorted(PROCESSES)), default=None,
+                  help="Arrival process (default: timed; poisson with --rate; gamma with --cv; closed with "
+                       "--concurrency; offline, or static with --batch-size)."),
+    click.option("--rate", type=float, default=None, help="Requests per second for poisson/gamma (default: the trace's)."),
+    click.option("--cv", type=float, default=None, help="Inter-arrival CV for gamma arrivals (burstiness 1/cv^2)."),
+    click.option("--concurrency", type=int, default=None, help="Closed loop: requests kept outstanding."),
+    click.option("--batch-size", type=int, default=None, help="Offline static batches of B requests ([Na25])."),
+    click.option("--speedup", type=float, default=1.0, show_default=True, help="Timed: divide arrival times by X."),
+    click.option("--rate-scale", type=float, default=1.0, show_default=True,
+                  help="Replay at K times the trace's load (see --rate-scale-how)."),
+    click.option("--rate-scale-how", type=click.Choice(RATE_SCALE_HOW), default="compress", show_default=True,
+                  help="compress: divide arrival times by K (same requests); thin-dup: keep the timeline, sample "
+                       "or duplicate requests."),
+    click.option("--start-s", type=float, default=None, help="Window start, seconds into the trace."),
+    click.option("--duration-s", type=float, default=None, help="Window length in seconds."),
+    click.option("--limit", type=int, default=None, help="At most the first N requests (after the window)."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--model", default="llama-3.1-8b", show_default=True,
+                  help="A shipped model name (see replay/specs/models) or a directory holding config.json."),
+    click.option("--gpu", default="h100-sxm", show_default=True, help="A hardware name from replay/specs/hardware.yaml."),
+    click.option("--dtype", default=None, help="Weights/activations dtype (default: the model's torch_dtype)."),
+    click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel GPUs per replica."),
+    click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas behind the router."),
+    click.option("--router", type=click.Choice(ROUTERS), default="round-robin", show_default=True),
+    click.option("--max-num-seqs", type=int, default=256, show_default=True, help="vLLM: sequences per step."),
+    click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True,
+                  help="vLLM: token budget per step."),
+    click.option("--block-size", type=int, default=16, show_default=True, help="vLLM: tokens per KV block."),
+    click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True,
+                  help="vLLM: fraction of GPU memory for weights, activations and KV cache."),
+    click.option("--kv-blocks", type=int, default=None, help="KV blocks per replica (default: sized from memory)."),
+    click.option("--max-model-len", type=int, default=None, help="Longest prompt+output (default: the model's)."),
+    click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True),
+    click.option("--prefix-caching/--no-prefix-caching", default=False, show_default=True,
+                  help="Share KV blocks between requests with equal prefix_blocks (e.g. Mooncake traces)."),
+    click.option("--perf", type=click.Path(dir_okay=False, exists=True), default=None,
+                  help="Performance parameters fitted by 'replay calibrate --perf'."),
+    click.option("--slo", default=None, help="Goodput SLO, e.g. ttft=2s,tpot=100ms,e2e=30s."),
+    click.option("--out", type=click.Path(file_okay=False), default=None,
+                  help="Run directory (default: runs/<trace>-<engine>-<time>)."),
+]
+
+
+def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, online: bool, options: dict,
+                default_out: str) -> RunConfig:
+    """The RunConfig of a command: the --config file's keys, overridden by options given on the command line."""
+    data = load_config(config_file) if config_file else {}
+    source = ctx.get_parameter_source
+    for option, key in _RUN_OPTIONS.items():
+        if key not in data or source(option) is not ParameterSource.DEFAULT:
+            data[key] = options[option]
+    if trace is not None:
+        data["trace"] = trace
+    if "trace" not in data:
+        raise click.UsageError("give a TRACE (or a --config file with a 'trace' key)")
+    if "mode" not in data or source("online") is not ParameterSource.DEFAULT:
+        data["mode"] = "online" if online else "offline"
+    if data.get("out") is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        data["out"] = str(Path("runs") / f"{Path(data['trace']).stem}-{default_out}-{stamp}")
+    return RunConfig.from_dict(data, where=config_file or "options")
+
+
 @main.command("run")
 @click.argument("trace", type=click.Path(dir_okay=False), required=False)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="YAML file of run options (the keys of a run's config.yaml); options given here win.")
-@click.option("--engine", type=click.Choice(ENGINES), default="sim", show_default=True,
-              help="sim: the simulated vLLM engine (modelled time and energy).")
-@click.option("--online/--offline", "online", default=True, show_default=True,
-              help="Online: requests arrive over time (as timed, or re-timed with --rate). Offline: all at "
-                   "once, or in static batches of --batch-size.")
-@click.option("--arrival", type=click.Choice(sorted(PROCESSES)), default=None,
-              help="Arrival process (default: timed; poisson with --rate; gamma with --cv; closed with "
-                   "--concurrency; offline, or static with --batch-size).")
-@click.option("--rate", type=float, default=None, help="Requests per second for poisson/gamma (default: the trace's).")
-@click.option("--cv", type=float, default=None, help="Inter-arrival CV for gamma arrivals (burstiness 1/cv^2).")
-@click.option("--concurrency", type=int, default=None, help="Closed loop: requests kept outstanding.")
-@click.option("--batch-size", type=int, default=None, help="Offline static batches of B requests ([Na25]).")
-@click.option("--speedup", type=float, default=1.0, show_default=True, help="Timed: divide arrival times by X.")
-@click.option("--rate-scale", type=float, default=1.0, show_default=True,
-              help="Replay at K times the trace's load (see --rate-scale-how).")
-@click.option("--rate-scale-how", type=click.Choice(RATE_SCALE_HOW), default="compress", show_default=True,
-              help="compress: divide arrival times by K (same requests); thin-dup: keep the timeline, sample "
-                   "or duplicate requests.")
-@click.option("--start-s", type=float, default=None, help="Window start, seconds into the trace.")
-@click.option("--duration-s", type=float, default=None, help="Window length in seconds.")
-@click.option("--limit", type=int, default=None, help="At most the first N requests (after the window).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--model", default="llama-3.1-8b", show_default=True,
-              help="A shipped model name (see replay/specs/models) or a directory holding config.json.")
-@click.option("--gpu", default="h100-sxm", show_default=True, help="A hardware name from replay/specs/hardware.yaml.")
-@click.option("--dtype", default=None, help="Weights/activations dtype (default: the model's torch_dtype).")
-@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel GPUs per replica.")
-@click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas behind the router.")
-@click.option("--router", type=click.Choice(ROUTERS), default="round-robin", show_default=True)
-@click.option("--max-num-seqs", type=int, default=256, show_default=True, help="vLLM: sequences per step.")
-@click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True,
-              help="vLLM: token budget per step.")
-@click.option("--block-size", type=int, default=16, show_default=True, help="vLLM: tokens per KV block.")
-@click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True,
-              help="vLLM: fraction of GPU memory for weights, activations and KV cache.")
-@click.option("--kv-blocks", type=int, default=None, help="KV blocks per replica (default: sized from memory).")
-@click.option("--max-model-len", type=int, default=None, help="Longest prompt+output (default: the model's).")
-@click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True)
-@click.option("--prefix-caching/--no-prefix-caching", default=False, show_default=True,
-              help="Share KV blocks between requests with equal prefix_blocks (e.g. Mooncake traces).")
-@click.option("--perf", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Performance parameters fitted by 'replay calibrate --perf'.")
-@click.option("--slo", default=None, help="Goodput SLO, e.g. ttft=2s,tpot=100ms,e2e=30s.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run directory (default: runs/<trace>-<engine>-<time>).")
+@run_options
 @click.option("--force", is_flag=True, help="Replace the run files already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -257,21 +290,7 @@ def run_cmd(ctx, trace, config_file, online, force, quiet, **options):
       replay run traces/chat.jsonl --rate-scale 2 --replicas 4 --slo ttft=1s,tpot=50ms
       replay run traces/code.jsonl --offline --batch-size 32 --gpu a100-80gb
     """
-    data = load_config(config_file) if config_file else {}
-    source = ctx.get_parameter_source
-    for option, key in _RUN_OPTIONS.items():
-        if key not in data or source(option) is not ParameterSource.DEFAULT:
-            data[key] = options[option]
-    if trace is not None:
-        data["trace"] = trace
-    if "trace" not in data:
-        raise click.UsageError("give a TRACE (or a --config file with a 'trace' key)")
-    if "mode" not in data or source("online") is not ParameterSource.DEFAULT:
-        data["mode"] = "online" if online else "offline"
-    if data.get("out") is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        data["out"] = str(Path("runs") / f"{Path(data['trace']).stem}-{data.get('engine', 'sim')}-{stamp}")
-    config = RunConfig.from_dict(data, where=config_file or "options")
+    config = _run_config(ctx, trace, config_file, online, options, options["engine"])
     try:
         result = execute(config, force=force, progress=not quiet)
     except KeyboardInterrupt:
@@ -282,6 +301,41 @@ def run_cmd(ctx, trace, config_file, online, force, quiet, **options):
     click.echo(f"simulated {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
                f"({steps / result.wall_s if result.wall_s > 0 else float('inf'):,.0f} steps/s)")
     click.echo(f"run directory: {result.out}")
+
+
+@main.command("plan")
+@click.argument("trace", type=click.Path(dir_okay=False), required=False)
+@click.option("--target", "target_text", required=True,
+              help="Latency bounds that must all hold, e.g. p99_ttft=1s,p99_tpot=100ms (statistic mean, median, "
+                   "p90 or p99; metric ttft, tpot, itl, e2el or queue).")
+@click.option("--max-replicas", type=int, default=64, show_default=True, help="Give up above this many replicas.")
+@run_options
+@click.pass_context
+@_friendly
+def plan_cmd(ctx, trace, target_text, max_replicas, config_file, online, **options):
+    """Capacity planning: the fewest replicas (x --tp GPUs each) that serve a trace within latency targets,
+    on the simulated engine.
+
+    Runs 1, 2, 4, ... replicas until the target is met, then bisects; every count tried is shown with its
+    latencies and modelled energy per request, and each is a normal run directory under --out.
+
+    \b
+    Example:
+      replay plan traces/chat.jsonl --rate-scale 4 --target p99_ttft=500ms
+      replay plan traces/code.jsonl --gpu a100-80gb --tp 2 --target p99_ttft=1s,p99_tpot=50ms
+    """
+    if ctx.get_parameter_source("replicas") is not ParameterSource.DEFAULT:
+        raise click.UsageError("plan searches the number of replicas: do not pass --replicas")
+    target = parse_target(target_text)
+    config = _run_config(ctx, trace, config_file, online, options, "plan")
+    if Path(config.out).exists() and any(Path(config.out).iterdir()):
+        raise click.ClickException(f"{config.out} is not empty; choose another --out")
+    result = plan_replicas(config, target, max_replicas)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    (Path(config.out) / "plan.json").write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n",
+                                                 encoding="utf-8")
+    click.echo(format_plan(result))
+    click.echo(f"runs and plan.json in: {config.out}")
 
 
 @main.command("calibrate")

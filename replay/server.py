@@ -123,9 +123,10 @@ class _StepTable:
         self.size = end
 
     def frame(self) -> pd.DataFrame:
-        cols = {name: column[:self.size].copy() for name, column in self.columns.items()}
-        order = np.lexsort((cols["step"], cols["replica"]))
-        return pd.DataFrame({name: column[order] for name, column in cols.items()}, columns=list(STEP_FIELDS))
+        n = self.size
+        order = np.lexsort((self.columns["step"][:n], self.columns["replica"][:n]))
+        return pd.DataFrame({name: column[:n][order] for name, column in self.columns.items()},
+                            columns=list(STEP_FIELDS), copy=False)
 
 
 class Recorder:

@@ -12,7 +12,7 @@ from replay.cli import main
 from replay.trace import read_trace
 from replay.trace.formats.burstgpt import FAILED
 
-COMMANDS = ["convert", "stats", "bins", "synth", "run", "calibrate"]
+COMMANDS = ["convert", "stats", "bins", "synth", "run", "calibrate", "plan"]
 
 
 def run(*args: str):
@@ -333,3 +333,20 @@ def test_calibrate_needs_a_mode_and_a_run_directory(tmp_path):
     result = run("calibrate", tmp_path)
     assert result.exit_code == 2 and "--perf" in result.output
     assert_one_error_line(run("calibrate", tmp_path, "--perf"), "steps.jsonl")
+
+
+def test_plan_prints_the_answer_and_writes_plan_json(tmp_path):
+    out = tmp_path / "plan"
+    result = run("plan", TRACES / "chat.jsonl", "--limit", 200, "--rate-scale", 10, "--gpu", "a100-40gb",
+                 "--target", "p99_ttft=2s", "--max-replicas", 8, "--out", out)
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["replicas"] is not None and "answer:" in result.output
+    assert (out / f"replicas-{plan['replicas']}" / "summary.json").exists()
+
+
+def test_plan_refuses_replicas_and_bad_targets(tmp_path):
+    result = run("plan", TRACES / "chat.jsonl", "--replicas", 2, "--target", "p99_ttft=1s", "--out", tmp_path / "p")
+    assert result.exit_code == 2 and "--replicas" in result.output
+    assert_one_error_line(run("plan", TRACES / "chat.jsonl", "--target", "p99_ttft", "--out", tmp_path / "q"),
+                          "STAT_METRIC=VALUE")
