@@ -230,6 +230,8 @@ _RUN_DECORATORS = [
     click.option("--dtype", default=None, help="Weights/activations dtype (default: the model's torch_dtype)."),
     click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel GPUs per replica."),
     click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas behind the router."),
+    click.option("--gpus", type=int, default=None,
+                 help="Total GPUs: the same as --replicas GPUS/TP (GPUS must be a multiple of --tp)."),
     click.option("--router", type=click.Choice(ROUTERS), default="round-robin", show_default=True),
     click.option("--max-num-seqs", type=int, default=256, show_default=True, help="vLLM: sequences per step."),
     click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True,
@@ -258,6 +260,14 @@ def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, 
     for option, key in _RUN_OPTIONS.items():
         if key not in data or source(option) is not ParameterSource.DEFAULT:
             data[key] = options[option]
+    gpus = options.pop("gpus", None)
+    if gpus is not None:
+        if source("replicas") is not ParameterSource.DEFAULT:
+            raise click.UsageError("give --gpus or --replicas, not both")
+        tp = data.get("tp") or 1
+        if not isinstance(gpus, int) or gpus < 1 or gpus % tp:
+            raise click.UsageError(f"--gpus {gpus} must be a positive multiple of --tp {tp}")
+        data["replicas"] = gpus // tp
     if trace is not None:
         data["trace"] = trace
     if "trace" not in data:
@@ -324,8 +334,9 @@ def plan_cmd(ctx, trace, target_text, max_replicas, config_file, online, **optio
       replay plan traces/chat.jsonl --rate-scale 4 --target p99_ttft=500ms
       replay plan traces/code.jsonl --gpu a100-80gb --tp 2 --target p99_ttft=1s,p99_tpot=50ms
     """
-    if ctx.get_parameter_source("replicas") is not ParameterSource.DEFAULT:
-        raise click.UsageError("plan searches the number of replicas: do not pass --replicas")
+    for searched in ("replicas", "gpus"):
+        if ctx.get_parameter_source(searched) is not ParameterSource.DEFAULT:
+            raise click.UsageError(f"plan searches the number of replicas: do not pass --{searched}")
     target = parse_target(target_text)
     config = _run_config(ctx, trace, config_file, online, options, "plan")
     if Path(config.out).exists() and any(Path(config.out).iterdir()):

@@ -350,3 +350,15 @@ def test_plan_refuses_replicas_and_bad_targets(tmp_path):
     assert result.exit_code == 2 and "--replicas" in result.output
     assert_one_error_line(run("plan", TRACES / "chat.jsonl", "--target", "p99_ttft", "--out", tmp_path / "q"),
                           "STAT_METRIC=VALUE")
+
+
+def test_gpus_means_replicas_of_tp_gpus(tmp_path):
+    out = tmp_path / "run"
+    result = run("run", TRACES / "chat.jsonl", "--limit", 40, "--gpus", 4, "--tp", 2, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    config = (out / "config.yaml").read_text()
+    assert "replicas: 2" in config and "tp: 2" in config and "gpus: 4" in config
+    bad = run("run", TRACES / "chat.jsonl", "--gpus", 3, "--tp", 2, "--out", tmp_path / "x", "--quiet")
+    assert bad.exit_code == 2 and "multiple of --tp" in bad.output
+    both = run("run", TRACES / "chat.jsonl", "--gpus", 2, "--replicas", 2, "--out", tmp_path / "y", "--quiet")
+    assert both.exit_code == 2 and "not both" in both.output
