@@ -71,11 +71,6 @@ class RequestRecord:
             self.token_steps.append([self.run_start, self.last_step - self.run_start + 1])
         self.run_start = self.last_step = k
 
-    @property
-    def generated(self) -> int:
-        closed = sum(count for _, count in self.token_steps)
-        return closed + (self.last_step - self.run_start + 1 if self.run_start >= 0 else 0)
-
     def to_dict(self, energy: bool = True) -> dict[str, Any]:
         """The record as requests.jsonl holds it; ``energy`` False: the engine gave no step energy (null)."""
         r, a = self.request, self.arrival_s
@@ -412,10 +407,6 @@ class ServerLoop:
             r = records[rid]
             r.finished_s, r.status = end_s, "finished"
             self._end(r)
-
-    def unfinished(self) -> list[RequestRecord]:
-        """Requests submitted and not yet finished (for a run stopped early)."""
-        return list(self.records.values())
 
 
 class Router:

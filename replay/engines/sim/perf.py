@@ -178,17 +178,6 @@ class PerfModel:
         return (self._overhead_s + self._per_seq_s * num_seqs + lin + attn
                 + self._ar_s_per_token * tokens + self._ar_s)
 
-    def times_s(self, prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs, kv_read_tokens) -> np.ndarray:
-        """``step_time_s`` over arrays (numpy broadcasting): the simulated engine's fused decode runs use it."""
-        tokens = np.asarray(prefill_tokens, dtype=float) + decode_tokens
-        lin = np.maximum(self._lin_s_per_token * tokens + self._lin_s_per_sampled * np.asarray(sampled_seqs),
-                         self._weights_s)
-        attn = np.maximum(self._attn_s_per_pair * np.asarray(attn_pairs),
-                          self._kv_s_per_token * (np.asarray(kv_read_tokens) + tokens))
-        t = (self._overhead_s + self._per_seq_s * np.asarray(num_seqs) + lin + attn
-             + self._ar_s_per_token * tokens + self._ar_s)
-        return np.where(tokens > 0, t, self._overhead_s)
-
     def decode_times_s(self, batch: int, kv_read_tokens: np.ndarray) -> np.ndarray:
         """``step_time_s`` of decode-only steps of ``batch`` sequences, one per element of ``kv_read_tokens`` (the
         simulated engine's fused decode runs): the same operations in the same order, so the same bits."""
@@ -200,20 +189,6 @@ class PerfModel:
         head = self._overhead_s + self._per_seq_s * batch + lin
         attn = np.maximum(self._attn_s_per_pair * kv_read_tokens, self._kv_s_per_token * (kv_read_tokens + batch))
         return head + attn + self._ar_s_per_token * batch + self._ar_s
-
-    def utilisations(self, prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs, kv_read_tokens,
-                     durations_s) -> tuple[np.ndarray, np.ndarray]:
-        """``utilisation`` over arrays (steps of zero duration or without tokens: 0)."""
-        tokens = np.asarray(prefill_tokens, dtype=float) + decode_tokens
-        flops = (self.flops_per_token * tokens + self.flops_per_sampled * np.asarray(sampled_seqs)
-                 + self.flops_per_pair * np.asarray(attn_pairs))
-        nbytes = self.weight_bytes + self.kv_bytes_per_token * (np.asarray(kv_read_tokens) + tokens)
-        d = np.asarray(durations_s, dtype=float)
-        ok = (tokens > 0) & (d > 0)
-        safe = np.where(ok, d, 1.0)
-        c = np.where(ok, np.minimum(flops / (self.peak_flops * safe), 1.0), 0.0)
-        m = np.where(ok, np.minimum(nbytes / (self.bandwidth_bps * safe), 1.0), 0.0)
-        return c, m
 
     def shape_time_s(self, shape: StepShape) -> float:
         return self.step_time_s(shape.prefill_tokens, shape.decode_tokens, shape.num_seqs, shape.sampled_seqs,

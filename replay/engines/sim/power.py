@@ -114,16 +114,6 @@ class PowerModel:
                                 duration_s)
         return self.power_w(c, m) * duration_s
 
-    def step_energies_j(self, perf: PerfModel, prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs,
-                        kv_read_tokens, durations_s) -> np.ndarray:
-        """``step_energy_j`` over arrays (numpy broadcasting)."""
-        if perf.tp != self.tp:
-            raise ValueError(f"perf model has tp={perf.tp} but power model has tp={self.tp}")
-        c, m = perf.utilisations(prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs, kv_read_tokens,
-                                 durations_s)
-        load = np.minimum(self._cw * c + self._mw * m, 1.0)
-        return (self.idle_w + self._span_w * load) * np.asarray(durations_s, dtype=float)
-
     def decode_energies_j(self, perf: PerfModel, batch: int, kv_read_tokens: np.ndarray,
                           durations_s: np.ndarray) -> np.ndarray:
         """``step_energy_j`` of decode-only steps (see ``PerfModel.decode_times_s``), the same bits."""
