@@ -27,7 +27,7 @@ from replay.trace.schema import SCHEMA, Request, Workload
 from replay.trace.synth import gamma_gaps_s
 
 __all__ = [
-    "OFFLINE", "ONLINE", "PROCESSES", "Server", "as_timed", "check", "closed_loop", "gamma", "offline", "poisson",
+    "OFFLINE", "ONLINE", "PROCESSES", "Server", "as_timed", "at_times", "check", "closed_loop", "gamma", "offline", "poisson",
     "scale_rate", "schedule_s", "start", "static_batches", "wait_until", "window",
 ]
 
@@ -148,6 +148,15 @@ def static_batches(env: simpy.Environment, workload: Workload, server: Server, b
         if following:
             yield env.all_of([server.finished(r.id) for r in batch])
         batch = following
+
+
+def at_times(env: simpy.Environment, workload: Workload, server: Server, times_s: np.ndarray) -> ProcessGen:
+    """Submit request i at ``times_s[i]`` on the run clock (absolute, not from the process start), or at once
+    when that is already past, with ``times_s[i]`` as its scheduled time. For resuming an interrupted run: the
+    requests keep the arrival times they had, those already due arrive when the run picks up again."""
+    for request, t in zip(workload, times_s.tolist()):
+        yield from wait_until(env, t)
+        server.submit(request, t)
 
 
 PROCESSES: dict[str, Callable[..., ProcessGen]] = {

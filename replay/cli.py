@@ -17,7 +17,7 @@ from replay.calibrate import calibrate_perf
 from replay.config import ENGINES, RATE_SCALE_HOW, RunConfig, load_config
 from replay.plan import format_plan, parse_target, plan_replicas
 from replay.report.metrics import format_summary
-from replay.run import execute
+from replay.run import execute, resume
 from replay.server import ROUTERS
 from replay.trace import FORMATS, ReadOptions, ReadReport, TraceError, convert, read_trace, write_trace
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS, bin_workload, format_bins, parse_edges
@@ -283,11 +283,13 @@ def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, 
 @main.command("run")
 @click.argument("trace", type=click.Path(dir_okay=False), required=False)
 @run_options
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Go on with the interrupted run in this directory (its own config.yaml; no other options).")
 @click.option("--force", is_flag=True, help="Replace the run files already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly
-def run_cmd(ctx, trace, config_file, online, force, quiet, **options):
+def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options):
     """Replay a trace against an engine and report latency, throughput and energy.
 
     Writes the run directory as it goes: config.yaml (the resolved configuration), steps.jsonl (one line per
@@ -299,13 +301,25 @@ def run_cmd(ctx, trace, config_file, online, force, quiet, **options):
       replay run traces/chat.jsonl --engine sim --online
       replay run traces/chat.jsonl --rate-scale 2 --replicas 4 --slo ttft=1s,tpot=50ms
       replay run traces/code.jsonl --offline --batch-size 32 --gpu a100-80gb
+      replay run --resume runs/chat-sim-20261121-101500
     """
-    config = _run_config(ctx, trace, config_file, online, options, options["engine"])
+    if resume_dir is not None:
+        given = [p.name for p in ctx.command.params if p.name not in ("resume_dir", "quiet")
+                 and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--resume takes the run's own config.yaml: drop {', '.join(given)}")
+        out = resume_dir
+    else:
+        config = _run_config(ctx, trace, config_file, online, options, options["engine"])
+        out = config.out
     try:
-        result = execute(config, force=force, progress=not quiet)
+        if resume_dir is not None:
+            result = resume(resume_dir, progress=not quiet)
+        else:
+            result = execute(config, force=force, progress=not quiet)
     except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted: the requests finished so far are in {config.out}/requests.jsonl "
-                                   "and their steps in steps.jsonl") from None
+        raise click.ClickException(f"interrupted: the requests finished so far are in {out}/requests.jsonl; "
+                                   f"go on with: replay run --resume {out}") from None
     click.echo(format_summary(result.summary))
     steps = len(result.steps)
     click.echo(f"simulated {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "

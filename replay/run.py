@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import simpy
 import yaml
 
@@ -30,7 +31,7 @@ from replay.specs import hardware, model
 from replay.trace import read_trace
 from replay.trace.schema import Workload
 
-__all__ = ["RUN_FILES", "RunResult", "build_engines", "execute", "prepare_workload", "simulate"]
+__all__ = ["RUN_FILES", "RunResult", "build_engines", "execute", "prepare_workload", "resume", "simulate"]
 
 RUN_FILES = ("config.yaml", "steps.jsonl", "requests.jsonl", "summary.json")
 
@@ -75,20 +76,29 @@ def build_engines(config: RunConfig) -> list[SimEngine]:
 
 
 def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, Any], recorder: Recorder,
-             router: str = "round-robin", env: simpy.Environment | None = None, progress=None) -> list[ServerLoop]:
-    """Replay ``workload`` through ``arrival`` onto ``engines`` until every request is done; the loops hold
-    the per-replica totals (``busy_s``, ``steps``)."""
+             router: str = "round-robin", env: simpy.Environment | None = None, progress=None,
+             first_steps: list[int] | None = None) -> list[ServerLoop]:
+    """Replay ``workload`` through ``arrival`` (a key of arrivals.PROCESSES, or "at_times" with
+    ``params={"times_s": ...}``) onto ``engines`` until every request is done; the loops hold the per-replica
+    totals (``busy_s``, ``steps``). ``first_steps``: per replica, the first step index (resumed runs)."""
     env = env or simpy.Environment()
     on_finish = (lambda _record: progress.update(1)) if progress is not None else None
     next_arrival = None
     if len(engines) > 1:  # alone, a loop's next event is the next arrival anyway (env.peek)
-        times = arrivals.schedule_s(arrival, workload, **params)
-        if times is not None:
-            next_arrival = _next_after(env, env.now + times)
-    loops = [ServerLoop(env, engine, recorder, replica=i, on_finish=on_finish, next_arrival=next_arrival)
-             for i, engine in enumerate(engines)]
+        if arrival == "at_times":
+            next_arrival = _next_after(env, np.maximum(params["times_s"], env.now))
+        else:
+            times = arrivals.schedule_s(arrival, workload, **params)
+            if times is not None:
+                next_arrival = _next_after(env, env.now + times)
+    firsts = first_steps or [0] * len(engines)
+    loops = [ServerLoop(env, engine, recorder, replica=i, on_finish=on_finish, next_arrival=next_arrival,
+                        first_step=firsts[i]) for i, engine in enumerate(engines)]
     front = Router(loops, router)
-    feeder = arrivals.start(env, arrival, workload, front, **params)
+    if arrival == "at_times":
+        feeder = env.process(arrivals.at_times(env, workload, front, **params))
+    else:
+        feeder = arrivals.start(env, arrival, workload, front, **params)
     feeder.callbacks.append(lambda _event: front.close())
     env.run(env.all_of([feeder] + [loop.process for loop in loops]))
     return loops
@@ -119,10 +129,12 @@ def _prepare_out(config: RunConfig, force: bool) -> Path | None:
     return out
 
 
-def execute(config: RunConfig, *, force: bool = False, progress: bool = True) -> RunResult:
-    """Run ``config`` and write its run directory (when ``config.out`` is set)."""
+def _resolve(config: RunConfig) -> tuple[RunConfig, Workload, dict[str, Any]]:
+    """The resolved config (arrival process named, a gamma/poisson rate taken from the trace), its workload
+    and the arrival process's parameters, checked."""
     config = config.resolve()
-    slo = parse_slo(config.slo) if config.slo else None
+    if config.slo:
+        parse_slo(config.slo)
     workload = prepare_workload(config)
     params = config.arrival_params()
     if "rate_per_s" in params and params["rate_per_s"] is None:
@@ -132,17 +144,93 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True) ->
         params["rate_per_s"] = (len(t) - 1) / float(t[-1] - t[0])
         config = replace(config, rate_per_s=params["rate_per_s"])
     arrivals.check(config.arrival, workload, **params)
+    return config, workload, params
+
+
+def execute(config: RunConfig, *, force: bool = False, progress: bool = True) -> RunResult:
+    """Run ``config`` and write its run directory (when ``config.out`` is set)."""
+    config, workload, params = _resolve(config)
     engines = build_engines(config)
     out = _prepare_out(config, force)
     engine_info = _engine_info(config, engines[0])
     if out is not None:
         (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved_engine": engine_info},
                                                         sort_keys=False), encoding="utf-8")
+    return _serve(config, workload, config.arrival, params, engines, out, engine_info, simpy.Environment(),
+                  None, pd.DataFrame(), pd.DataFrame(), progress)
+
+
+def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
+    """Go on with an interrupted run: the requests its ``requests.jsonl`` holds are kept, the others are
+    served from where its steps stop (the clock and the step numbering go on; what was in flight starts over).
+
+    Open-loop arrivals keep their times (those already due arrive at once, their ``arrival_s`` unchanged, so
+    their latency counts the interruption's lost work); closed loops and static batches go on with the
+    requests left, in order.
+    """
+    out = Path(out_dir)
+    if not (out / "config.yaml").exists():
+        raise ValueError(f"{out}: no config.yaml: not a run directory")
+    if (out / "summary.json").exists():
+        raise ValueError(f"{out}: the run is complete (summary.json is there): nothing to resume")
+    data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+    data.pop("resolved_engine", None)
+    config, workload, params = _resolve(RunConfig.from_dict(data, where=str(out / "config.yaml")))
+    old_requests = _read_records(out / "requests.jsonl")
+    old_steps = _read_records(out / "steps.jsonl")
+    done = set(old_requests["id"].astype(str)) if len(old_requests) else set()
+    ids = np.asarray(workload.table.column("id").to_pylist(), dtype=object)
+    keep = np.array([i not in done for i in ids.tolist()], dtype=bool)
+    start_s = float(old_steps["end_s"].max()) if len(old_steps) else 0.0
+    firsts = [0] * config.replicas
+    if len(old_steps):
+        for replica, last in old_steps.groupby("replica")["step"].max().items():
+            firsts[int(replica)] = int(last) + 1
+    rest = Workload(workload.table.filter(pa.array(keep)), workload.source)
+    times = arrivals.schedule_s(config.arrival, workload, **params)
+    if times is not None:
+        arrival, params = "at_times", {"times_s": times[keep]}
+    else:
+        arrival = config.arrival
+    engines = build_engines(config)
+    engine_info = _engine_info(config, engines[0])
+    return _serve(config, rest, arrival, params, engines, out, engine_info, simpy.Environment(start_s), firsts,
+                  old_requests, old_steps, progress)
+
+
+def _read_records(path: Path) -> pd.DataFrame:
+    """A JSON Lines record file of an interrupted run; a last line cut short by the interruption is dropped
+    (and cut from the file, so appending goes on cleanly)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    raw = path.read_bytes()
+    if not raw.endswith(b"\n"):
+        raw = raw[:raw.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(raw))
+    if not raw:
+        return pd.DataFrame()
+    rows = []
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
+    return pd.DataFrame(rows)
+
+
+def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str, Any], engines: list,
+           out: Path | None, engine_info: dict[str, Any], env: simpy.Environment, first_steps: list[int] | None,
+           old_requests: pd.DataFrame, old_steps: pd.DataFrame, progress: bool) -> RunResult:
+    """Simulate, then summarise the whole run (records from before a resume included) into summary.json."""
+    slo = parse_slo(config.slo) if config.slo else None
     bar = _progress_bar(len(workload), progress)
     recorder = Recorder(out)
     t0 = time.perf_counter()
     try:
-        loops = simulate(workload, engines, config.arrival, params, recorder, config.router, progress=bar)
+        if len(workload):
+            simulate(workload, engines, arrival, params, recorder, config.router, env=env, progress=bar,
+                     first_steps=first_steps)
     finally:
         recorder.close()
         if bar is not None:
@@ -150,9 +238,14 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True) ->
     wall_s = time.perf_counter() - t0
     requests = pd.DataFrame(recorder.requests)
     steps = recorder.steps_frame()
+    if len(old_requests):
+        requests = pd.concat([old_requests, requests], ignore_index=True)
+    if len(old_steps):
+        steps = pd.concat([old_steps[list(steps.columns)], steps], ignore_index=True)
+        steps = steps.sort_values(["replica", "step"], kind="stable", ignore_index=True)
     makespan_s = max(float(steps["end_s"].max()) if len(steps) else 0.0,
                      float(requests["arrival_s"].max()) if len(requests) else 0.0)
-    energy = _modelled_energy(steps, engines, loops, makespan_s)
+    energy = _modelled_energy(steps, engines, makespan_s)
     summary = summarize(requests, steps, energy, slo, makespan_s)
     if out is not None:
         doc = {"summary": summary.to_dict(), "engine": engine_info,
@@ -163,12 +256,12 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True) ->
     return RunResult(config, out, summary, requests, steps, energy, engine_info, wall_s)
 
 
-def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], loops: list[ServerLoop],
-                     makespan_s: float) -> Energy:
+def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: float) -> Energy:
     """Step energy plus idle power while each replica had nothing to do; the idle share is idle power over the
     whole run."""
     busy_j = float(steps["energy_j"].sum()) if len(steps) else 0.0
-    gaps_j = sum(e.idle_w * max(0.0, makespan_s - loop.busy_s) for e, loop in zip(engines, loops))
+    busy_s = steps.groupby("replica")["duration_s"].sum() if len(steps) else pd.Series(dtype=float)
+    gaps_j = sum(e.idle_w * max(0.0, makespan_s - float(busy_s.get(i, 0.0))) for i, e in enumerate(engines))
     idle_j = sum(e.idle_w for e in engines) * makespan_s
     return Energy(source="modelled (simulated engine's power model)", reason=None, total_j=busy_j + gaps_j,
                   idle_j=idle_j)

@@ -217,9 +217,10 @@ class ServerLoop:
 
     def __init__(self, env: simpy.Environment, engine: Engine, recorder: Recorder, replica: int = 0,
                  on_finish: Callable[[RequestRecord], None] | None = None,
-                 next_arrival: Callable[[], float] | None = None):
+                 next_arrival: Callable[[], float] | None = None, first_step: int = 0):
         """``next_arrival()``: the earliest time a new request may reach this replica (default: the next event
-        of the environment, always safe; the runner passes the arrival schedule when it is known)."""
+        of the environment, always safe; the runner passes the arrival schedule when it is known).
+        ``first_step``: the index of the first step (a resumed run goes on from where its records stop)."""
         self.env, self.engine, self.recorder, self.replica = env, engine, recorder, replica
         self.next_arrival = next_arrival
         self.on_finish = on_finish
@@ -232,7 +233,8 @@ class ServerLoop:
         self.busy_s = 0.0
         self.steps = 0
         self.energy_known = True   # every step so far came with the engine's energy
-        self.per_token_sum = array("d")  # [k]: sum over steps 0..k of step energy / step tokens
+        self.first_step = first_step
+        self.per_token_sum = array("d", bytes(8 * first_step))  # [k]: sum over steps ..k of energy / tokens
         self._wake: simpy.Event | None = None
         self.process = env.process(self._run())
 
@@ -297,7 +299,7 @@ class ServerLoop:
         env, engine, records, replica = self.env, self.engine, self.records, self.replica
         record_step = self.recorder.step
         next_arrival = self.next_arrival or env.peek
-        k = 0
+        k = self.first_step
         while True:
             while True:
                 if self.pending:

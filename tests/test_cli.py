@@ -362,3 +362,28 @@ def test_gpus_means_replicas_of_tp_gpus(tmp_path):
     assert bad.exit_code == 2 and "multiple of --tp" in bad.output
     both = run("run", TRACES / "chat.jsonl", "--gpus", 2, "--replicas", 2, "--out", tmp_path / "y", "--quiet")
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_interrupt_then_resume_from_the_command_line(tmp_path, monkeypatch):
+    import replay.server
+    out = tmp_path / "run"
+    original = replay.server.Recorder.request
+    seen = []
+
+    def request(self, record):
+        if len(seen) == 30:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+        seen.append(record["id"])
+        original(self, record)
+
+    monkeypatch.setattr(replay.server.Recorder, "request", request)
+    first = run("run", TRACES / "chat.jsonl", "--limit", 80, "--out", out, "--quiet")
+    monkeypatch.setattr(replay.server.Recorder, "request", original)
+    line = assert_one_error_line(first, "interrupted", f"replay run --resume {out}")
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 30, line
+    refused = run("run", "--resume", out, "--limit", 5)
+    assert refused.exit_code == 2 and "--resume takes the run's own config.yaml" in refused.output
+    resumed = run("run", "--resume", out, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    ids = [json.loads(x)["id"] for x in (out / "requests.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 80

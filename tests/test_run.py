@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ from conftest import DATA, TRACES
 from replay.arrivals import UNTIMED_MESSAGE
 from replay.config import RunConfig
 from replay.engines.sim.engine import NON_TORCH_BYTES, SimEngine, kv_budget
-from replay.run import RUN_FILES, RunResult, execute
+from replay.run import RUN_FILES, RunResult, execute, resume
 from replay.specs import hardware, model
 from replay.trace import read_trace
 from replay.trace.schema import Request
@@ -315,3 +317,65 @@ def test_mooncake_with_prefix_caching_hits(source, request):
     # never the whole prompt on any admission, so never more than the prompt per admission in total
     assert (fin["cached_tokens"] < fin["input_tokens"] * (fin["preemptions"] + 1)).all()
     assert on.steps["prefill_tokens"].sum() < off.steps["prefill_tokens"].sum()
+
+
+# --- interrupted runs ------------------------------------------------------------------------------------------
+
+def interrupted_run(tmp_path, monkeypatch, after: int, **options):
+    """A run stopped by Ctrl-C (KeyboardInterrupt) after ``after`` request records, as a user would stop it."""
+    import replay.server
+    config = RunConfig(trace=str(TRACES / "chat.jsonl"), limit=300, out=str(tmp_path / "run"), **options)
+    original = replay.server.Recorder.request
+    count = {"n": 0}
+
+    def request(self, record):
+        if count["n"] == after:
+            raise KeyboardInterrupt
+        count["n"] += 1
+        original(self, record)
+
+    monkeypatch.setattr(replay.server.Recorder, "request", request)
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, progress=False)
+    monkeypatch.setattr(replay.server.Recorder, "request", original)
+    return config
+
+
+@pytest.mark.parametrize("options", [{}, {"replicas": 2, "rate_scale": 3.0}, {"arrival": "closed", "concurrency": 8},
+                                     {"mode": "offline", "batch_size": 40}])
+def test_resume_finishes_the_same_requests_as_one_whole_run(tmp_path, monkeypatch, options):
+    config = interrupted_run(tmp_path, monkeypatch, 120, **options)
+    out = Path(config.out)
+    kept = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    assert len(kept) == 120 and not (out / "summary.json").exists()
+    steps_before = (out / "steps.jsonl").read_text().splitlines()
+    with open(out / "requests.jsonl", "ab") as f:  # an interruption can also cut a line short
+        f.write(b'{"id": "27", "kind": "ch')
+    result = resume(out, progress=False)
+    whole = execute(replace(config, out=None), progress=False)
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == 300                        # nobody served twice, nobody lost
+    assert set(ids) == set(whole.requests["id"])
+    assert records[:120] == kept                                   # what was finished is kept as it was
+    assert all(r["generated_tokens"] == r["output_tokens"] for r in records)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert steps[:len(steps_before)] == [json.loads(line) for line in steps_before]
+    for replica in {s["replica"] for s in steps}:                  # numbering and the clock go on
+        mine = [s for s in steps if s["replica"] == replica]
+        assert [s["step"] for s in mine] == list(range(len(mine)))
+        assert all(a["end_s"] <= b["start_s"] for a, b in zip(mine, mine[1:]))
+    assert result.summary.finished == 300
+    assert json.loads((out / "summary.json").read_text())["summary"]["finished"] == 300
+    if "arrival" not in options and "mode" not in options:         # open loop: arrival times are the trace's
+        by_id = {r["id"]: r["arrival_s"] for r in records}
+        assert all(by_id[i] == pytest.approx(t) for i, t in zip(whole.requests["id"], whole.requests["arrival_s"]))
+
+
+def test_resume_refuses_a_complete_run_and_a_non_run(tmp_path):
+    config = RunConfig(trace=str(TRACES / "code.jsonl"), limit=10, out=str(tmp_path / "run"))
+    execute(config, progress=False)
+    with pytest.raises(ValueError, match="complete"):
+        resume(tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="not a run directory"):
+        resume(tmp_path, progress=False)
