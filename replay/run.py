@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import simpy
+import simpy.rt
 import yaml
 
 from replay import arrivals
@@ -100,6 +101,8 @@ def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, 
     else:
         feeder = arrivals.start(env, arrival, workload, front, **params)
     feeder.callbacks.append(lambda _event: front.close())
+    if isinstance(env, simpy.rt.RealtimeEnvironment):
+        env.sync()  # the run clock starts now, not when the environment was made
     env.run(env.all_of([feeder] + [loop.process for loop in loops]))
     return loops
 

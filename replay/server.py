@@ -29,6 +29,7 @@ from typing import IO, Any, Callable, Generator
 import numpy as np
 import pandas as pd
 import simpy
+import simpy.rt
 
 from replay.arrivals import wait_until
 from replay.engines.base import Engine, Step
@@ -212,6 +213,15 @@ def _json_number(value: Any) -> str:
     return repr(value)
 
 
+def run_clock(env: simpy.Environment) -> Callable[[], float]:
+    """The time now on the run clock. Simulated: ``env.now``. Real time (``simpy.rt``): the wall clock mapped
+    onto the run clock, since ``env.now`` still shows an event's due time when a blocking engine step made it
+    late: the difference is the arrival lag the summary reports."""
+    if isinstance(env, simpy.rt.RealtimeEnvironment):
+        return lambda: max(env.now, env.env_start + (time.monotonic() - env.real_start) / env.factor)
+    return lambda: env.now
+
+
 class ServerLoop:
     """The server loop of one replica: a SimPy process driving ``engine`` and feeding ``recorder``."""
 
@@ -223,6 +233,7 @@ class ServerLoop:
         ``first_step``: the index of the first step (a resumed run goes on from where its records stop)."""
         self.env, self.engine, self.recorder, self.replica = env, engine, recorder, replica
         self.next_arrival = next_arrival
+        self.clock = run_clock(env)
         self.on_finish = on_finish
         self.pending: list[RequestRecord] = []
         self.records: dict[str, RequestRecord] = {}
@@ -243,7 +254,7 @@ class ServerLoop:
     def submit(self, request: Request, scheduled_s: float) -> None:
         if request.id in self.records or request.id in self.done:
             raise ValueError(f"request id {request.id!r} submitted twice: ids must be unique in a run")
-        record = RequestRecord(request, self.replica, scheduled_s, self.env.now)
+        record = RequestRecord(request, self.replica, scheduled_s, self.clock())
         self.records[request.id] = record
         self.pending.append(record)
         self.outstanding += 1
@@ -299,6 +310,7 @@ class ServerLoop:
         env, engine, records, replica = self.env, self.engine, self.records, self.replica
         record_step = self.recorder.step
         next_arrival = self.next_arrival or env.peek
+        clock = self.clock
         k = self.first_step
         while True:
             while True:
@@ -311,6 +323,11 @@ class ServerLoop:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
+            behind = clock() - env.now  # real time only: catch up with the wall clock (due arrivals join)
+            if behind > 0:
+                yield env.timeout(behind)
+                if self.pending:
+                    self._admit_pending()
             start_s = env.now
             step = engine.step(next_arrival() - start_s)
             yield env.timeout(step.duration_s)

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter, defaultdict
 
 import numpy as np
 import pandas as pd
 import pytest
 import simpy
+import simpy.rt
 
 from conftest import DATA, TRACES
 from replay.engines.sim.engine import SimEngine
+from replay.engines.sim.perf import PerfParams
+from replay.report.metrics import Energy, format_summary, summarize
 from replay.run import simulate
 from replay.server import STEP_FIELDS, Recorder, Router, ServerLoop
 from replay.specs import hardware, model
@@ -365,3 +369,45 @@ def test_more_replicas_lower_p99_ttft_when_overloaded():
         p99[replicas] = float(np.quantile(requests["ttft_s"], 0.99))
     assert p99[1] > 5 * p99[3]  # one replica was overloaded: requests queued
     assert p99[1] > p99[2] > p99[3]
+
+
+class BlockingSimEngine(SimEngine):
+    """The simulated engine, but each step blocks for its modelled duration x ``factor`` of wall time, as the
+    real engine's step does: what the real-time clock has to cope with (no DecodeRuns: a real engine has none)."""
+
+    def __init__(self, *args, factor: float, **kwargs):
+        super().__init__(*args, fuse_decodes=False, **kwargs)
+        self.factor = factor
+
+    def step(self, horizon_s=float("inf")):
+        step = super().step(horizon_s)
+        time.sleep(step.duration_s * self.factor)
+        return step
+
+
+def test_realtime_clock_records_arrival_lag():
+    """On simpy.rt, a request due while a step blocks reaches the server when the step returns: submitted_s
+    records that (wall clock on the run clock), arrival_s the due time, and the summary reports the lag."""
+    factor = 0.02
+    wl = Workload.from_requests([Request(str(i), 0.5 * i, 2000, 3) for i in range(6)])
+    env = simpy.rt.RealtimeEnvironment(factor=factor, strict=False)
+    eng = BlockingSimEngine(model("llama-3.1-8b"), hardware("a100-40gb"), num_blocks=4000, factor=factor,
+                            perf=PerfParams(overhead_s=0.6))  # every step 0.6 s+: arrivals land inside steps
+    recorder = Recorder()
+    simulate(wl, [eng], "timed", {}, recorder, env=env)
+    requests = pd.DataFrame(recorder.requests)
+    lag = requests["submitted_s"] - requests["arrival_s"]
+    assert (lag >= 0).all() and (lag.iloc[1:] > 0.05).all()        # due during a step: handed over after it
+    assert (requests["admitted_s"] >= requests["submitted_s"] - 1e-9).all()
+    summary = summarize(requests, recorder.steps_frame(), Energy(source=None, reason="test"))
+    assert summary.arrival_lag_max_s == pytest.approx(lag.max())
+    assert "arrival lag" in format_summary(summary)
+
+
+def test_simulated_clock_has_no_arrival_lag():
+    recorder = Recorder()
+    simulate(trace_slice("chat.jsonl", 50), [engine(num_blocks=3000)], "timed", {}, recorder)
+    requests = pd.DataFrame(recorder.requests)
+    assert (requests["submitted_s"] == requests["arrival_s"]).all()
+    summary = summarize(requests, recorder.steps_frame(), Energy(source=None, reason="test"))
+    assert summary.arrival_lag_max_s == 0.0 and "arrival lag" not in format_summary(summary)

@@ -185,6 +185,10 @@ class Summary:
     mean_prefill_tokens_per_step: float | None
     mean_decode_tokens_per_step: float | None
     peak_kv_use_fraction: float | None
+    # arrival fidelity: how late requests reached the server after they were due (submitted_s - arrival_s)
+    arrival_lag_p50_s: float | None = None
+    arrival_lag_p99_s: float | None = None
+    arrival_lag_max_s: float | None = None
 
     def to_dict(self) -> dict:
         """A flat dict of plain ints, floats, str and None (no numpy types, no NaN), ready for
@@ -456,7 +460,20 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, energy: Energy, slo: 
         mean_prefill_tokens_per_step=step_mean("prefill_tokens"),
         mean_decode_tokens_per_step=step_mean("decode_tokens"),
         peak_kv_use_fraction=float(kv.max()) if kv.size else None,
+        **_lag(requests),
     )
+
+
+def _lag(requests: pd.DataFrame) -> dict[str, float | None]:
+    """p50, p99 and max of submitted_s - arrival_s over every request that reached the server."""
+    if not len(requests) or "submitted_s" not in requests.columns:
+        return {}
+    lag = _floats(requests, "submitted_s", "requests") - _floats(requests, "arrival_s", "requests")
+    lag = lag[~np.isnan(lag)]
+    if not lag.size:
+        return {}
+    p50, p99 = np.percentile(lag, [50, 99])
+    return {"arrival_lag_p50_s": float(p50), "arrival_lag_p99_s": float(p99), "arrival_lag_max_s": float(lag.max())}
 
 
 # --- text ---------------------------------------------------------------------------------------------------
@@ -510,6 +527,10 @@ def format_summary(s: Summary) -> str:
         if s.mean_request_energy_j is not None:
             lines.append(f"  {'request energy':<{w - 2}}mean {_num(s.mean_request_energy_j, ',.3f', ' J')}, "
                          f"median {_num(s.median_request_energy_j, ',.3f', ' J')}")
+    if s.arrival_lag_max_s is not None and s.arrival_lag_max_s > 1e-6:
+        lines.append(f"{'arrival lag (ms)':<{w}}p50 {s.arrival_lag_p50_s * 1000:,.2f}, p99 "
+                     f"{s.arrival_lag_p99_s * 1000:,.2f}, max {s.arrival_lag_max_s * 1000:,.2f} "
+                     "(handed to the server after the time it was due)")
     kv = "-" if s.peak_kv_use_fraction is None else f"{s.peak_kv_use_fraction:.1%}"
     lines.append(f"{'steps':<{w}}{s.steps:,}; mean batch {_num(s.mean_batch_seqs, ',.2f', ' seqs')}; "
                  f"{_num(s.mean_prefill_tokens_per_step, ',.1f')} prefill + "
