@@ -49,8 +49,8 @@ class RequestRecord:
     """What happened to one request, filled in as it moves through the server (times on the run clock)."""
 
     __slots__ = ("request", "replica", "arrival_s", "submitted_s", "admitted_s", "first_token_s", "finished_s",
-                 "cached_tokens", "preemptions", "energy_j", "token_steps", "run_start", "last_step", "mark",
-                 "status", "reason")
+                 "cached_tokens", "preemptions", "energy_j", "token_steps", "prefill_steps", "run_start",
+                 "last_step", "mark", "status", "reason")
 
     def __init__(self, request: Request, replica: int, arrival_s: float, submitted_s: float):
         self.request, self.replica = request, replica
@@ -59,6 +59,7 @@ class RequestRecord:
         self.cached_tokens = self.preemptions = 0
         self.energy_j = 0.0                      # attributed step energy (meaningful when the engine gives it)
         self.token_steps: list[list[int]] = []  # closed runs [first_step, count] of steps that emitted a token
+        self.prefill_steps: list[list[int]] = []  # [step, tokens] of each prompt (or recompute) chunk
         self.run_start = self.last_step = -2     # the open run
         self.mark = 0.0                          # the loop's energy-per-token sum before its open decode stretch
         self.status, self.reason = "unfinished", None
@@ -94,7 +95,7 @@ class RequestRecord:
             "cached_tokens": self.cached_tokens, "preemptions": self.preemptions,
             "queue_s": since(self.admitted_s), "ttft_s": since(self.first_token_s), "tpot_s": tpot,
             "e2e_s": since(self.finished_s), "energy_j": self.energy_j if energy else None,
-            "token_steps": self.token_steps,
+            "token_steps": self.token_steps, "prefill_steps": self.prefill_steps,
         }
 
 
@@ -345,9 +346,13 @@ class ServerLoop:
                 sums = self.per_token_sum
                 sums.append((sums[-1] if sums else 0.0) + per_token)
                 for rid, n in zip(step.prefilled, step.prefill_sizes):
-                    records[rid].energy_j += per_token * n
+                    r = records[rid]
+                    r.energy_j += per_token * n
+                    r.prefill_steps.append([k, n])
             else:
                 self.energy_known = False
+                for rid, n in zip(step.prefilled, step.prefill_sizes):
+                    records[rid].prefill_steps.append([k, n])
             for rid in step.decoded:
                 r = records[rid]
                 if r.last_step == km1:
