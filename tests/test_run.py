@@ -379,3 +379,24 @@ def test_resume_refuses_a_complete_run_and_a_non_run(tmp_path):
         resume(tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="not a run directory"):
         resume(tmp_path, progress=False)
+
+
+def test_meter_none_on_the_simulator_says_not_measured_never_zero(tmp_path):
+    result = execute(RunConfig(trace=str(TRACES / "code.jsonl"), limit=30, meter="none", out=str(tmp_path / "r")),
+                     progress=False)
+    s = result.summary
+    assert s.energy_source is None and s.energy_total_j is None and s.energy_per_request_j is None
+    assert "not measured" in s.energy_not_measured_reason or "--meter none" in s.energy_not_measured_reason
+    doc = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert doc["meter"]["meter"] == "none" and doc["summary"]["energy_total_j"] is None
+
+
+def test_the_real_engine_is_refused_clearly_where_vllm_is_missing_or_misused(tmp_path):
+    from replay.engines import vllm
+    config = RunConfig(trace=str(TRACES / "code.jsonl"), limit=5, engine="vllm", out=str(tmp_path / "r"))
+    if not vllm.available():
+        with pytest.raises(ValueError, match="needs vLLM"):
+            execute(config, progress=False)
+    with pytest.raises(ValueError, match="one replica per process"):
+        execute(replace(config, replicas=2), progress=False)
+    assert not (tmp_path / "r").exists()

