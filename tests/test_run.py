@@ -81,7 +81,7 @@ def test_rate_and_burstiness_of_a_whole_run(rate, cv):
 def test_same_seed_same_bytes_other_seed_other_arrivals(tmp_path):
     kw = dict(trace=CHAT, limit=150, rate_per_s=12.0, cv=1.5, kv_blocks=400, max_num_batched_tokens=1024)
     a = execute(RunConfig(**kw, seed=5, out=str(tmp_path / "a")), progress=False)
-    b = execute(RunConfig(**kw, seed=5, out=str(tmp_path / "b")), progress=False)
+    execute(RunConfig(**kw, seed=5, out=str(tmp_path / "b")), progress=False)
     assert a.summary.preemptions > 0  # a run with preemptions and queueing, not a trivial one
     for name in ("requests.jsonl", "steps.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
