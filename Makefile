@@ -37,6 +37,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/convert_speed.py
 	$(BIN)/python benchmarks/sim_speed.py
+	$(BIN)/python benchmarks/sim_fidelity.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
