@@ -156,7 +156,7 @@ def _prepare_out(config: RunConfig, force: bool) -> Path | None:
     if config.out is None:
         return None
     out = Path(config.out)
-    clash = [name for name in RUN_FILES if (out / name).exists()]
+    clash = [name for name in (*RUN_FILES, "power.csv") if (out / name).exists()]  # power.csv: measured runs
     if clash and not force:
         raise ValueError(f"{out} already holds a run ({', '.join(clash)}); choose another --out, or --force to "
                          "replace it")

@@ -14,7 +14,7 @@ import numpy as np
 
 from replay.trace.schema import Request
 
-__all__ = ["DecodeRun", "Engine", "Step", "StepShape"]
+__all__ = ["DecodeRun", "Engine", "Step", "StepShape", "capacity_rejection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +122,16 @@ class Engine(Protocol):
 
     def has_work(self) -> bool:
         """True while any queued or running request is unfinished."""
+
+
+def capacity_rejection(request: Request, max_model_len: int, block_size: int, num_blocks: int) -> str | None:
+    """Why ``request`` can never run on an engine of this context length and KV cache, or None (the rules both
+    engines share, so a simulated and a real run reject the same requests with the same words)."""
+    total = request.input_tokens + request.output_tokens
+    if total > max_model_len:
+        return (f"input + output tokens ({request.input_tokens} + {request.output_tokens} = {total}) exceed "
+                f"the model's max_model_len {max_model_len}")
+    need = -(-total // block_size)
+    if need > num_blocks:
+        return f"needs {need} KV blocks of {block_size} tokens for {total} tokens; the cache holds {num_blocks}"
+    return None

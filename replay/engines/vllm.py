@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from replay.engines.base import Step, StepShape
+from replay.engines.base import Step, StepShape, capacity_rejection
 from replay.trace.schema import Request
 
 __all__ = ["VllmEngine", "available", "prompt_token_ids", "resolve_model"]
@@ -213,15 +213,7 @@ class VllmEngine:
 
     def rejection(self, request: Request) -> str | None:
         """Why ``request`` can never run on this engine, or None."""
-        total = request.input_tokens + request.output_tokens
-        if total > self.max_model_len:
-            return (f"input + output tokens ({request.input_tokens} + {request.output_tokens} = {total}) exceed "
-                    f"the model's max_model_len {self.max_model_len}")
-        need = -(-total // self.block_size)
-        if need > self.kv_blocks_total:
-            return (f"needs {need} KV blocks of {self.block_size} tokens for {total} tokens; the cache holds "
-                    f"{self.kv_blocks_total}")
-        return None
+        return capacity_rejection(request, self.max_model_len, self.block_size, self.kv_blocks_total)
 
     def add(self, request: Request) -> str | None:
         reason = self.rejection(request)

@@ -101,16 +101,19 @@ class PerfParams:
 
     @classmethod
     def from_dict(cls, raw: Any) -> PerfParams:
-        """Build from a mapping; keys left out take the defaults; an unknown key or bad value raises ValueError
-        naming it."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"PerfParams: expected a mapping of {', '.join(f.name for f in fields(cls))}, "
-                             f"got {type(raw).__name__}")
-        known = [f.name for f in fields(cls)]
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"PerfParams: unknown key {key!r}; expected keys: {', '.join(known)}")
-        return cls(**raw)
+        return params_from_dict(cls, raw)
+
+
+def params_from_dict(cls: type, raw: Any) -> Any:
+    """A parameter dataclass from a mapping; keys left out take the defaults; an unknown key or bad value
+    raises ValueError naming it (PerfParams, PowerParams)."""
+    known = [f.name for f in fields(cls)]
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping of {', '.join(known)}, got {type(raw).__name__}")
+    for key in raw:
+        if key not in known:
+            raise ValueError(f"{cls.__name__}: unknown key {key!r}; expected keys: {', '.join(known)}")
+    return cls(**raw)
 
 
 def _dtype_bytes(model: ModelSpec, dtype: str | None) -> tuple[str, int]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from replay.engines.sim.perf import PerfModel
+from replay.engines.sim.perf import PerfModel, params_from_dict
 from replay.specs import Hardware
 
 __all__ = ["LABEL", "PowerModel", "PowerParams"]
@@ -69,16 +69,7 @@ class PowerParams:
 
     @classmethod
     def from_dict(cls, raw: Any) -> PowerParams:
-        """Build from a mapping; keys left out take the defaults; an unknown key or bad value raises ValueError
-        naming it."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"PowerParams: expected a mapping of {', '.join(f.name for f in fields(cls))}, "
-                             f"got {type(raw).__name__}")
-        known = [f.name for f in fields(cls)]
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"PowerParams: unknown key {key!r}; expected keys: {', '.join(known)}")
-        return cls(**raw)
+        return params_from_dict(cls, raw)
 
 
 class PowerModel:

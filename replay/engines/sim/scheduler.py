@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replay.engines.base import Step, StepShape
+from replay.engines.base import Step, StepShape, capacity_rejection
 from replay.trace.schema import Request
 
 __all__ = ["SchedulerConfig", "Scheduler", "Seq"]
@@ -106,14 +106,10 @@ class Scheduler:
     def rejection(self, request: Request) -> str | None:
         """Why ``request`` can never run on this replica, or None."""
         c = self.config
+        reason = capacity_rejection(request, c.max_model_len, c.block_size, c.num_blocks)
+        if reason is not None:
+            return reason
         total = request.input_tokens + request.output_tokens
-        if total > c.max_model_len:
-            return (f"input + output tokens ({request.input_tokens} + {request.output_tokens} = {total}) exceed "
-                    f"the model's max_model_len {c.max_model_len}")
-        need = -(-total // c.block_size)
-        if need > c.num_blocks:
-            return (f"needs {need} KV blocks of {c.block_size} tokens for {total} tokens; the cache holds "
-                    f"{c.num_blocks}")
         if not c.enable_chunked_prefill and total > c.max_num_batched_tokens:
             # vLLM requires max_num_batched_tokens >= max_model_len without chunked prefill; per request, the
             # bound is prompt + output: a preempted request recomputes both in one step
