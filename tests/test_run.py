@@ -400,3 +400,45 @@ def test_the_real_engine_is_refused_clearly_where_vllm_is_missing_or_misused(tmp
     with pytest.raises(ValueError, match="one replica per process"):
         execute(replace(config, replicas=2), progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_real_engines_defaults_are_chosen_and_said(monkeypatch, tmp_path, gpu):
+    """--engine vllm without a model or a window: the tiny model and the trace's first 120 s without a GPU (an
+    untimed trace: its first 500 requests), Llama-3.1-8B and the whole trace with one. The GPU is faked at
+    its boundary (NVML's device count), as this machine has none."""
+    import replay.run as run
+    monkeypatch.setattr(run, "_has_nvidia_gpu", lambda: gpu)
+    config, notes = run.choose_engine(RunConfig(trace=CHAT, engine="vllm"))
+    assert config.model == ("llama-3.1-8b" if gpu else "tiny-llama")
+    assert config.duration_s == (None if gpu else run.CPU_WINDOW_S) and config.limit is None
+    assert any("model:" in n for n in notes) and any("bound:" in n for n in notes) != gpu
+    untimed = tmp_path / "untimed.jsonl"
+    untimed.write_text("".join(json.dumps({"id": str(i), "arrival_s": None, "input_tokens": 10,
+                                           "output_tokens": 5}) + "\n" for i in range(3)))
+    config, _ = run.choose_engine(RunConfig(trace=str(untimed), engine="vllm", mode="offline"))
+    assert (config.limit, config.duration_s) == ((None, None) if gpu else (run.CPU_LIMIT, None))
+    for given in ({"limit": 7}, {"duration_s": 5.0}, {"start_s": 1.0}, {"model": "tiny-llama"}):
+        config, notes = run.choose_engine(RunConfig(trace=CHAT, engine="vllm", **given))
+        assert all(getattr(config, k) == v for k, v in given.items())
+        assert ("model" in given) == (not any("model:" in n for n in notes))
+    assert run.choose_engine(RunConfig(trace=CHAT, engine="sim")) == (RunConfig(trace=CHAT, engine="sim"), [])
+
+
+def test_auto_is_the_real_engine_where_installed_and_allowed(monkeypatch):
+    """auto: vllm where the package is importable (its presence faked both ways) and the options allow, with
+    the reason said when it falls back to the simulated engine."""
+    import replay.run as run
+    from replay.engines import vllm
+    monkeypatch.setattr(run, "_has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(vllm, "available", lambda: True)
+    config, notes = run.choose_engine(RunConfig(trace=CHAT, engine="auto"))
+    assert config.engine == "vllm" and "real vLLM engine" in notes[0]
+    for options, why in (({"replicas": 2}, "--replicas 2"), ({"perf": "perf.yaml"}, "--perf")):
+        config, notes = run.choose_engine(RunConfig(trace=CHAT, engine="auto", **options))
+        assert config.engine == "sim" and why in notes[0] and config.duration_s is None
+    monkeypatch.setattr(vllm, "available", lambda: False)
+    config, notes = run.choose_engine(RunConfig(trace=CHAT, engine="auto"))
+    assert config.engine == "sim" and "not installed" in notes[0]
+    result = execute(RunConfig(trace=CHAT, engine="auto", limit=20), progress=False)
+    assert result.config.engine == "sim" and result.summary.finished == 20
