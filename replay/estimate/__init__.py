@@ -2,10 +2,11 @@
 baselines B1-B4, with the published Table 5 coefficients and the Eq. 6 sweet spot) and their fitting."""
 
 from replay.estimate.forms import (
-    FORMS, PRESETS, Theta, features, load_theta, predict_e_tok, preset, save_theta, sweet_spot_n_out,
+    FORMS, PRESETS, HeldOut, Theta, features, fit, kfold, load_theta, mape, predict_e_tok, preset, save_theta,
+    sweet_spot_n_out,
 )
 
 __all__ = [
-    "FORMS", "PRESETS", "Theta", "features", "load_theta", "predict_e_tok", "preset", "save_theta",
-    "sweet_spot_n_out",
+    "FORMS", "PRESETS", "HeldOut", "Theta", "features", "fit", "kfold", "load_theta", "mape", "predict_e_tok",
+    "preset", "save_theta", "sweet_spot_n_out",
 ]

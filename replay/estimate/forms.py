@@ -23,8 +23,8 @@ import numpy as np
 import yaml
 
 __all__ = [
-    "FORMS", "FORM_TERMS", "PRESETS", "Theta", "features", "load_theta", "predict_e_tok", "preset",
-    "save_theta", "sweet_spot_n_out",
+    "FORMS", "FORM_TERMS", "FORM_TITLES", "PRESETS", "HeldOut", "Theta", "features", "fit", "kfold",
+    "load_theta", "mape", "predict_e_tok", "preset", "save_theta", "sweet_spot_n_out",
 ]
 
 FORMS = ("eq5", "eq4", "b1", "b2", "b3", "b4")
@@ -118,6 +118,111 @@ class Theta:
         """Energy of a whole request, J: E_tok * n_out ([SS26] E_tok = E / n_out)."""
         _, o = _lengths(n_in, n_out)
         return self.e_tok(n_in, n_out) * o
+
+
+# --- fitting -------------------------------------------------------------------------------------------------
+
+FIT_METHOD = "ordinary least squares on E_tok, one equal weight per (n_in, n_out) point ([SS26] section 4)"
+
+
+def mape(pred, actual) -> float:
+    """Mean absolute percentage error, in percent: 100 * mean(|pred - actual| / |actual|). Needs actual != 0."""
+    p, a = np.asarray(pred, dtype=float).ravel(), np.asarray(actual, dtype=float).ravel()
+    if p.shape != a.shape:
+        raise ValueError(f"mape: {p.size} predictions for {a.size} actual values")
+    if a.size == 0:
+        raise ValueError("mape: no values")
+    if (a == 0).any() or not np.isfinite(a).all():
+        raise ValueError("mape: actual values must be finite and non-zero (a percentage of 0 is undefined)")
+    return float(100.0 * np.mean(np.abs(p - a) / np.abs(a)))
+
+
+def _points(form: str, n_in, n_out, e_tok) -> tuple[np.ndarray, np.ndarray]:
+    """(design matrix, E_tok) of the data, checked: matching sizes, finite E_tok, enough points."""
+    x = features(form, n_in, n_out)
+    y = np.asarray(e_tok, dtype=float).ravel()
+    if y.size != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} (n_in, n_out) points but {y.size} E_tok values")
+    if not np.isfinite(y).all():
+        raise ValueError("E_tok values must be finite (a point without measured energy must be left out, "
+                         "not passed as NaN)")
+    k = x.shape[1]
+    if y.size < k:
+        raise ValueError(f"form {form} has {k} coefficients but there are only {y.size} points: "
+                         f"need at least {k} distinct (n_in, n_out) points")
+    return x, y
+
+
+def _least_squares(form: str, x: np.ndarray, y: np.ndarray, where: str = "") -> np.ndarray:
+    """OLS coefficients of ``y ~ x``; the columns are scaled to unit norm first (the terms span ten orders of
+    magnitude), which changes the conditioning, not the solution. Rank-deficient data is an error."""
+    scale = np.linalg.norm(x, axis=0)
+    scale[scale == 0] = 1.0
+    xs = x / scale
+    coef, _, rank, _ = np.linalg.lstsq(xs, y, rcond=None)
+    k = x.shape[1]
+    if rank < k:
+        raise ValueError(f"{where}the points do not determine the {k} coefficients of form {form} "
+                         f"(terms {', '.join(FORM_TERMS[form])}; rank {rank}): vary both n_in and n_out")
+    return coef / scale
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """K-fold held-out error: each fold's points predicted by a fit to the other folds only."""
+
+    form: str
+    folds: int
+    seed: int
+    n_points: int
+    mape_pct: float                      # mean over folds of the fold's MAPE
+    per_fold_mape_pct: tuple[float, ...]
+    fold_sizes: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folds": self.folds, "seed": self.seed, "heldout_mape_pct": self.mape_pct,
+                "per_fold_mape_pct": list(self.per_fold_mape_pct), "fold_sizes": list(self.fold_sizes)}
+
+
+def kfold(form: str, n_in, n_out, e_tok, k: int = 5, seed: int = 0) -> HeldOut:
+    """Held-out MAPE by K-fold cross-validation over the points (on a sweep grid each point is one (n_in, n_out)
+    pair, the unit the model predicts): the points are shuffled with ``seed``, split into ``k`` folds of
+    near-equal size, and each fold is predicted by the least-squares fit to the other k - 1 folds, never
+    seeing its own points. Neither paper reports this ([SS26] fits and scores in-sample)."""
+    x, y = _points(form, n_in, n_out, e_tok)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {k!r}")
+    n, ncoef = y.size, x.shape[1]
+    if n < k:
+        raise ValueError(f"{k}-fold cross-validation needs at least {k} points; there are {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    folds = np.array_split(order, k)
+    smallest_train = n - max(len(f) for f in folds)
+    if smallest_train < ncoef:
+        raise ValueError(f"{k}-fold cross-validation of form {form} ({ncoef} coefficients) on {n} points "
+                         f"leaves {smallest_train} points to fit a fold: need at least {ncoef}; use fewer folds "
+                         f"or more points")
+    per_fold = []
+    for j, test in enumerate(folds):
+        train = np.setdiff1d(order, test, assume_unique=True)
+        coef = _least_squares(form, x[train], y[train], where=f"fold {j + 1} of {k}: ")
+        per_fold.append(mape(x[test] @ coef, y[test]))
+    return HeldOut(form, int(k), int(seed), n, float(np.mean(per_fold)), tuple(per_fold),
+                   tuple(len(f) for f in folds))
+
+
+def fit(form: str, n_in, n_out, e_tok, *, model: str | None = None, hardware: str | None = None,
+        source: str = "fitted by replay.estimate.forms.fit", folds: int | None = None, seed: int = 0) -> Theta:
+    """Fit ``form`` to E_tok (J/output token) at the points (n_in, n_out) by ordinary least squares on E_tok,
+    every point weighted equally, as [SS26] fits its grid (all forms are linear in theta). ``fit`` records the
+    method, the number of points and the in-sample MAPE (what [SS26] reports); with ``folds`` also the K-fold
+    held-out MAPE of ``kfold``."""
+    x, y = _points(form, n_in, n_out, e_tok)
+    coef = _least_squares(form, x, y)
+    stats: dict[str, Any] = {"method": FIT_METHOD, "n_points": int(y.size), "in_sample_mape_pct": mape(x @ coef, y)}
+    if folds is not None:
+        stats.update(kfold(form, n_in, n_out, e_tok, folds, seed).to_dict())
+    return Theta(form, tuple(coef), model, hardware, source, stats)
 
 
 # --- [SS26] Table 5 ------------------------------------------------------------------------------------------
