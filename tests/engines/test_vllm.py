@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -371,3 +371,43 @@ def test_measured_run_end_to_end_with_a_faked_nvml(engines, tmp_path):
         a = doc["attribution"][method]
         assert a["attributed_j"] + a["unattributed_j"] == pytest.approx(a["steps_j"], rel=1e-9)
     assert sum(r["energy_j"] for r in records) == pytest.approx(doc["attribution"]["tokens"]["attributed_j"])
+
+
+def test_interrupted_online_run_resumes_to_the_same_finished_requests(engines, tmp_path, monkeypatch):
+    """`replay run --engine vllm` stopped by Ctrl-C after 8 requests, then `--resume`: every request of the
+    window finished exactly once with all its tokens, the 8 kept as they were, the same set as a whole run."""
+    import replay.server
+    from replay.config import RunConfig
+    from replay.run import execute, resume
+    engines.close()  # one vLLM engine per process: the runs make their own
+    out = tmp_path / "run"
+    config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="vllm", model="tiny-llama", duration_s=20.0,
+                       speedup=4.0, max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=MAX_BATCHED, meter="none",
+                       idle_s=0.0, out=str(out))
+    original, seen = replay.server.Recorder.request, {"n": 0}
+
+    def request(self, record):
+        if seen["n"] == 8:
+            raise KeyboardInterrupt
+        seen["n"] += 1
+        original(self, record)
+
+    monkeypatch.setattr(replay.server.Recorder, "request", request)
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, progress=False)
+    monkeypatch.setattr(replay.server.Recorder, "request", original)
+    kept = (out / "requests.jsonl").read_text().splitlines()
+    assert len(kept) == 8 and not (out / "summary.json").exists()
+    resumed = resume(out, progress=False)
+    whole = execute(replace(config, out=None), progress=False)
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    ids = [r["id"] for r in records]
+    assert records[:8] == [json.loads(line) for line in kept]
+    assert len(ids) == len(set(ids)) == len(whole.requests) == resumed.summary.requests > 8
+    assert set(ids) == set(whole.requests["id"])
+    assert {r["id"] for r in records if r["status"] == "finished"} == \
+        set(whole.requests.loc[whole.requests["status"] == "finished", "id"])
+    assert all(r["generated_tokens"] == r["output_tokens"] for r in records if r["status"] == "finished")
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(len(steps)))
+    assert all(a["end_s"] <= b["start_s"] for a, b in zip(steps, steps[1:]))
