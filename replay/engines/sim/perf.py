@@ -23,7 +23,8 @@ T = prefill_tokens + decode_tokens, and the StepShape fields as in replay.engine
              + max(F_attn / (P ce), B_kv / (W me))   attention: compute- or KV-bandwidth-bound
              + [tp > 1] 2 L (2 (tp-1)/tp T d b / I + allreduce_latency_s)
 
-P is the hardware's dense peak FLOP/s for the dtype, W its peak memory bandwidth, ce and me the achieved
+The FLOP and byte coefficients are ``replay.estimate.counting.coefficients`` (the one copy of the counting,
+shared with the estimators) divided by tp. P is the hardware's dense peak FLOP/s for the dtype, W its peak memory bandwidth, ce and me the achieved
 fractions (``compute_efficiency``, ``memory_efficiency``). Tensor parallelism (Megatron-style, as vLLM does it)
 costs two all-reduces of the activations (T x d elements) per layer, after attention and after the MLP, each a
 ring all-reduce that moves 2 (tp-1)/tp of the buffer through each GPU's link. I is ONE direction of the
@@ -49,6 +50,7 @@ import numpy as np
 import yaml
 
 from replay.engines.base import StepShape
+from replay.estimate.counting import coefficients, kv_bytes_per_token
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,9 +62,6 @@ __all__ = ["SHAPE_COLUMNS", "PerfFit", "PerfModel", "PerfParams", "fit_perf", "l
 SHAPE_COLUMNS = ("prefill_tokens", "decode_tokens", "num_seqs", "sampled_seqs", "attn_pairs", "kv_read_tokens")
 OBJECTIVE = "mean squared relative error of step time"
 MIN_STEPS = 5
-# Bytes per element for the dtype spellings Hardware.peak_flops accepts.
-_DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "half": 2, "fp8": 1, "float8": 1,
-                "float8_e4m3fn": 1, "float8_e5m2": 1, "e4m3": 1, "fp32": 4, "float32": 4, "float": 4, "tf32": 4}
 
 
 @dataclass(frozen=True)
@@ -116,15 +115,6 @@ def params_from_dict(cls: type, raw: Any) -> Any:
     return cls(**raw)
 
 
-def _dtype_bytes(model: ModelSpec, dtype: str | None) -> tuple[str, int]:
-    if dtype is None:
-        return model.dtype, model.dtype_bytes
-    try:
-        return dtype, _DTYPE_BYTES[dtype.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPE_BYTES)}") from None
-
-
 class PerfModel:
     """Step time of one replica (``tp`` GPUs) of ``model`` on ``hardware``; see the module docstring."""
 
@@ -136,19 +126,18 @@ class PerfModel:
             raise ValueError(f"tp={tp} does not divide {model.key}'s {model.num_heads} attention heads")
         self.model, self.hardware, self.tp = model, hardware, tp
         self.params = params = params or PerfParams()
-        self.dtype, b = _dtype_bytes(model, dtype)
-        d, V, L = model.hidden_size, model.vocab_size, model.num_layers
-        e, h, k = model.head_dim, model.num_heads, model.num_kv_heads
-        embed = V * d + ((model.max_context + 2) * d if model.model_type == "opt" else 0)  # OPT: learned positions
-        body = model.params - embed - (0 if model.tied_embeddings else V * d)
+        counts = coefficients(model, dtype)                      # the model's whole work (replay.estimate.counting)
+        self.dtype, b = counts.dtype, counts.dtype_bytes
+        d, L = model.hidden_size, model.num_layers
         self.peak_flops = hardware.peak_flops(self.dtype)        # per GPU, FLOP/s
         self.bandwidth_bps = hardware.memory_bandwidth_bps       # per GPU, bytes/s
-        # Per-GPU work coefficients (FLOPs or bytes per unit of each StepShape field).
-        self.flops_per_token = 2.0 * body / tp
-        self.flops_per_sampled = 2.0 * d * V / tp
-        self.flops_per_pair = 4.0 * L * (h / tp) * e
-        self.weight_bytes = (body + V * d) * b / tp
-        self.kv_bytes_per_token = 2.0 * L * max(k / tp, 1.0) * e * b
+        # Per-GPU work coefficients (FLOPs or bytes per unit of each StepShape field): the model's / tp (exact:
+        # tp divides the heads), KV heads at least 1 per GPU.
+        self.flops_per_token = counts.flops_per_token / tp
+        self.flops_per_sampled = counts.flops_per_sampled / tp
+        self.flops_per_pair = counts.flops_per_pair / tp
+        self.weight_bytes = counts.weight_bytes / tp
+        self.kv_bytes_per_token = kv_bytes_per_token(model, b, max(model.num_kv_heads / tp, 1.0))
         # Time coefficients used by the hot path.
         flop_rate = self.peak_flops * params.compute_efficiency
         byte_rate = self.bandwidth_bps * params.memory_efficiency
