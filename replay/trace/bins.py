@@ -32,6 +32,7 @@ __all__ = [
     "Binning",
     "parse_edges",
     "bin_workload",
+    "bin_indices",
     "format_bins",
 ]
 
@@ -146,10 +147,7 @@ def bin_workload(
     n_in, n_out = len(in_edges), len(out_edges)
 
     inp = np.asarray(workload.input_tokens, dtype=np.int64)
-    out = np.asarray(workload.output_tokens, dtype=np.int64)
-    # Index of the first edge >= the length; == len(edges) when above the largest edge.
-    j = np.searchsorted(np.asarray(in_edges, dtype=np.int64), inp, side="left")
-    k = np.searchsorted(np.asarray(out_edges, dtype=np.int64), out, side="left")
+    j, k = bin_indices(inp, workload.output_tokens, in_edges, out_edges)
     in_over = j == n_in
     out_over = k == n_out
     ok = ~(in_over | out_over)
@@ -167,6 +165,18 @@ def bin_workload(
         above_output=int(np.count_nonzero(out_over)) - above_both,
         above_both=above_both,
     )
+
+
+def bin_indices(input_tokens, output_tokens, input_bins: Iterable[int] = DEFAULT_INPUT_BINS,
+                output_bins: Iterable[int] = DEFAULT_OUTPUT_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's bin, as indices into the edges: the first edge >= its length in each dimension
+    (``len(edges)`` when above the largest edge). Per-request form of ``bin_workload`` (the [Na25] binned
+    estimator uses it)."""
+    in_edges = np.asarray(_check_edges(input_bins, "input bins"), dtype=np.int64)
+    out_edges = np.asarray(_check_edges(output_bins, "output bins"), dtype=np.int64)
+    j = np.searchsorted(in_edges, np.asarray(input_tokens, dtype=np.int64), side="left")
+    k = np.searchsorted(out_edges, np.asarray(output_tokens, dtype=np.int64), side="left")
+    return j, k
 
 
 def format_bins(b: Binning) -> str:
