@@ -1,19 +1,33 @@
-"""Calibration from recorded runs: ``replay calibrate --perf`` fits the simulated engine's step-time model to
-the step records of runs (a real engine's, so the simulator learns its speed), with in-sample and held-out
-error, and writes the parameters ``replay run --perf`` reads.
+"""Calibration from recorded runs.
+
+- ``replay calibrate --perf`` fits the simulated engine's step-time model to the step records of runs (a real
+  engine's, so the simulator learns its speed), with in-sample and held-out error, and writes the parameters
+  ``replay run --perf`` reads.
+- ``replay calibrate --form`` fits the [SS26] energy-per-token forms (Eq. 5, Eq. 4, baselines B1-B4) to the
+  runs' per-request energy, grouped by (input, output) length, with in-sample and K-fold held-out MAPE, and
+  writes the theta YAML ``replay sweetspot --theta`` and the estimators read.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from replay.engines.sim.perf import SHAPE_COLUMNS, fit_perf, save_perf
+from replay.estimate.forms import FORM_TERMS, FORM_TITLES, FORMS, Theta, fit, kfold, save_theta
 from replay import specs
 
-__all__ = ["calibrate_perf", "read_steps"]
+__all__ = [
+    "EnergyPoints", "FormCalibration", "FormFit", "calibrate_forms", "calibrate_perf", "energy_points",
+    "format_form_calibration", "parse_forms", "read_steps",
+]
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -77,3 +91,307 @@ def calibrate_perf(run_dirs: list[str | Path], model: str | None = None, gpu: st
         f"  step-time error: in-sample MAPE {fit.mape:.1f}% (median {fit.median_ape:.1f}%), held-out MAPE {held}",
         f"wrote {target}",
     ])
+
+
+# --- [SS26] energy forms -------------------------------------------------------------------------------------
+
+_REQUEST_FIELDS = ("status", "input_tokens", "output_tokens", "energy_j")
+# the order of [SS26]'s comparison (baselines first, then the FLOPs-based model and SweetSpot)
+_TABLE_ORDER = ("b1", "b2", "b3", "b4", "eq4", "eq5")
+_SHORT = {"b1": "B1", "b2": "B2", "b3": "B3", "b4": "B4", "eq4": "Eq. 4", "eq5": "Eq. 5 (SweetSpot)"}
+
+
+@dataclass(frozen=True)
+class EnergyPoints:
+    """Measured (or modelled) energy per output token at each (input, output) length pair of some runs.
+
+    ``frame`` has one row per pair: ``input_tokens``, ``output_tokens``, ``requests``, ``energy_j`` (sum over
+    the pair's requests), ``generated_tokens`` (their sum) and ``e_tok_j`` = energy_j / generated_tokens, the
+    [SS26] E_tok = E / n_out of a sweep point. ``measured`` is False for the simulated engine's modelled energy.
+    """
+
+    frame: pd.DataFrame
+    runs: tuple[str, ...]
+    measured: bool
+    energy_source: str                  # the runs' energy label(s), from summary.json
+    model: str | None                   # where all runs agree, else None (see notes)
+    hardware: str | None
+    requests_used: int
+    excluded: dict[str, int]            # reason -> requests left out
+    notes: tuple[str, ...] = ()
+
+
+def _summary_energy(run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The run's energy label from summary.json; a run without measured or modelled energy is an error that
+    says why it was not measured."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        raise ValueError(f"{run_dir}: no summary.json, so whether its energy was measured is unknown (an "
+                         f"interrupted run? finish it with: replay run --resume {run_dir})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc.msg}") from None
+    summary = data.get("summary") if isinstance(data, dict) else None
+    if not isinstance(summary, dict) or "energy_source" not in summary:
+        raise ValueError(f"{path}: missing key 'summary.energy_source'")
+    source = summary["energy_source"]
+    if source is None:
+        meter = data.get("meter") if isinstance(data.get("meter"), dict) else {}
+        reason = summary.get("energy_not_measured_reason") or meter.get("reason") or "no reason recorded"
+        raise ValueError(f"{run_dir}: energy not measured ({reason}): the energy forms need per-request energy; "
+                         f"replay the trace with a meter (--meter auto, nvml or rapl) or on the simulated engine")
+    return str(source), data
+
+
+def _run_setting(run_dir: Path) -> tuple[str | None, str | None]:
+    """(model, hardware) of a run from its config.yaml: the resolved engine's, else the options'."""
+    cfg = _run_config(run_dir)
+    resolved = cfg.get("resolved_engine") if isinstance(cfg.get("resolved_engine"), dict) else {}
+    model = resolved.get("model") or cfg.get("model")
+    gpu = resolved.get("gpu") or cfg.get("gpu")
+    return (str(model) if model is not None else None, str(gpu) if gpu is not None else None)
+
+
+def _read_requests(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "requests.jsonl"
+    if not path.exists():
+        raise ValueError(f"{run_dir}: no requests.jsonl (is it a run directory?)")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
+            for key in _REQUEST_FIELDS:
+                if key not in row:
+                    raise ValueError(f"{path}:{number}: missing field {key!r}")
+            rows.append(row)
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*_REQUEST_FIELDS, "generated_tokens", "id"])
+    frame.attrs["path"] = str(path)
+    return frame
+
+
+def _finished_with_energy(frame: pd.DataFrame, path: str, excluded: dict[str, int]) -> pd.DataFrame:
+    """Finished requests with an energy value; the rest are counted by reason in ``excluded``."""
+    status = frame["status"]
+    for st in sorted(set(status) - {"finished"}):
+        excluded[str(st)] = excluded.get(str(st), 0) + int((status == st).sum())
+    done = frame[status == "finished"]
+    no_energy = done["energy_j"].isna()
+    if no_energy.any():
+        excluded["finished without energy"] = excluded.get("finished without energy", 0) + int(no_energy.sum())
+    done = done[~no_energy]
+    generated = done["generated_tokens"] if "generated_tokens" in done else done["output_tokens"]
+    out = pd.DataFrame({
+        "input_tokens": done["input_tokens"].astype(int), "output_tokens": done["output_tokens"].astype(int),
+        "energy_j": done["energy_j"].astype(float), "generated_tokens": generated.fillna(done["output_tokens"]),
+    })
+    bad = (out["energy_j"] < 0) | ~np.isfinite(out["energy_j"])
+    if bad.any():
+        ids = done["id"] if "id" in done else pd.Series(done.index, index=done.index)
+        raise ValueError(f"{path}: request {ids[bad].iloc[0]!r}: field 'energy_j': negative or non-finite value "
+                         f"{out['energy_j'][bad].iloc[0]!r}")
+    return out
+
+
+def energy_points(run_dirs: list[str | Path]) -> EnergyPoints:
+    """Group the finished requests of ``run_dirs`` by (input_tokens, output_tokens) and take each pair's
+    E_tok = sum(energy_j) / sum(generated tokens): for a sweep point of fixed lengths the [SS26] per-point E_tok,
+    for a trace run the same per length pair. Rejected and unfinished requests and requests without energy are
+    left out and counted. All runs must be measured, or all modelled (the simulated engine)."""
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    dirs = [Path(d) for d in run_dirs]
+    frames, sources, settings, excluded = [], {}, {}, {}
+    for d in dirs:
+        source, _ = _summary_energy(d)
+        sources[str(d)] = source
+        settings[str(d)] = _run_setting(d)
+        raw = _read_requests(d)
+        frames.append(_finished_with_energy(raw, raw.attrs["path"], excluded))
+    kinds = {str(d): sources[str(d)].startswith("modelled") for d in dirs}
+    if len(set(kinds.values())) > 1:
+        modelled = [d for d, m in kinds.items() if m]
+        measured = [d for d, m in kinds.items() if not m]
+        raise ValueError(f"the runs mix modelled energy ({', '.join(modelled)}) and measured energy "
+                         f"({', '.join(measured)}): fit one kind at a time")
+    requests = pd.concat(frames, ignore_index=True)
+    if requests.empty:
+        raise ValueError(f"no finished request with energy in {', '.join(map(str, dirs))} "
+                         f"(left out: {_excluded_text(excluded) or 'none'})")
+    grouped = (requests.groupby(["input_tokens", "output_tokens"], sort=True)
+               .agg(requests=("energy_j", "size"), energy_j=("energy_j", "sum"),
+                    generated_tokens=("generated_tokens", "sum"))
+               .reset_index())
+    zero = grouped["generated_tokens"] <= 0
+    if zero.any():
+        row = grouped[zero].iloc[0]
+        raise ValueError(f"length pair ({row.input_tokens}, {row.output_tokens}): finished requests generated no "
+                         f"tokens, so energy per output token is undefined")
+    grouped["e_tok_j"] = grouped["energy_j"] / grouped["generated_tokens"]
+    notes = []
+    models = {m for m, _ in settings.values()}
+    gpus = {g for _, g in settings.values()}
+    for what, values in (("model", models), ("hardware", gpus)):
+        if len(values) > 1:
+            notes.append(f"the runs differ in {what} ({', '.join(sorted(map(str, values)))}): one fit mixes them")
+    return EnergyPoints(
+        frame=grouped, runs=tuple(map(str, dirs)), measured=not next(iter(kinds.values())),
+        energy_source="; ".join(sorted(set(sources.values()))),
+        model=models.pop() if len(models) == 1 else None, hardware=gpus.pop() if len(gpus) == 1 else None,
+        requests_used=int(len(requests)), excluded=excluded, notes=tuple(notes),
+    )
+
+
+def _excluded_text(excluded: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {why}" for why, n in sorted(excluded.items()))
+
+
+def parse_forms(text: str) -> tuple[str, ...]:
+    """``eq5``, ``eq4,b4`` or ``all`` -> the forms, in the order given (all: [SS26]'s table order)."""
+    if text.strip() == "all":
+        return _TABLE_ORDER
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FORM_TERMS]
+    if bad or not names:
+        raise ValueError(f"--form: unknown form {bad[0] if bad else text!r}; the forms are: "
+                         f"{', '.join(FORMS)}, or all")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class FormFit:
+    """One form's outcome: the fitted theta (None when the points cannot determine it, with the reason), and
+    where it was written."""
+
+    form: str
+    theta: Theta | None
+    reason: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class FormCalibration:
+    """The fits of ``replay calibrate --form`` on one set of runs."""
+
+    points: EnergyPoints
+    folds: int
+    seed: int
+    fits: tuple[FormFit, ...] = field(default_factory=tuple)
+
+
+def _source(points: EnergyPoints) -> str:
+    runs = ", ".join(points.runs) if len(points.runs) <= 3 else (
+        f"{len(points.runs)} runs ({points.runs[0]}, ..., {points.runs[-1]})")
+    if points.measured:
+        return f"fitted by replay calibrate on {runs}: measured energy ({points.energy_source})"
+    return f"fitted by replay calibrate on {runs}: {points.energy_source}, not measured"
+
+
+def _fit_one(form: str, points: EnergyPoints, folds: int, seed: int, model: str | None,
+             hardware: str | None) -> Theta:
+    f = points.frame
+    n_in, n_out, e_tok = f["input_tokens"].to_numpy(), f["output_tokens"].to_numpy(), f["e_tok_j"].to_numpy()
+    theta = fit(form, n_in, n_out, e_tok, model=model, hardware=hardware, source=_source(points))
+    stats = dict(theta.fit or {})
+    try:
+        stats.update(kfold(form, n_in, n_out, e_tok, folds, seed).to_dict())
+    except ValueError as exc:
+        stats.update({"folds": folds, "seed": seed, "heldout_mape_pct": None, "heldout_not_computed": str(exc)})
+    stats.update({"energy": "measured" if points.measured else "modelled", "energy_source": points.energy_source,
+                  "runs": list(points.runs), "requests": points.requests_used,
+                  "excluded_requests": dict(points.excluded)})
+    return Theta(theta.form, theta.theta, theta.model, theta.hardware, theta.source, stats)
+
+
+def calibrate_forms(run_dirs: list[str | Path], forms: tuple[str, ...] = ("eq5",), folds: int = 5, seed: int = 0,
+                    out: str | Path | None = None, model: str | None = None,
+                    hardware: str | None = None) -> FormCalibration:
+    """Fit each of ``forms`` to the runs' energy per output token (``energy_points``), with in-sample and
+    ``folds``-fold held-out MAPE, and write each theta as YAML: with one form to ``out`` (default
+    ``theta-<form>.yaml`` in the first run directory), with several into the directory ``out`` (default the
+    first run directory) as ``theta-<form>.yaml``. ``model``/``hardware`` override the keys read from the runs.
+
+    With one form, a form the points cannot determine is an error; with several it is reported as not fitted
+    (and nothing is written for it), unless no form could be fitted.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"--folds must be an integer >= 2, got {folds!r}")
+    for form in forms:
+        if form not in FORM_TERMS:
+            raise ValueError(f"unknown form {form!r}; the forms are: {', '.join(FORMS)}")
+    points = energy_points(run_dirs)
+    model = model or points.model
+    hardware = hardware or points.hardware
+    first = Path(points.runs[0])
+    fits = []
+    for form in forms:
+        try:
+            theta = _fit_one(form, points, folds, seed, model, hardware)
+        except ValueError as exc:
+            if len(forms) == 1:
+                raise
+            fits.append(FormFit(form, None, str(exc)))
+            continue
+        if len(forms) == 1:
+            target = Path(out) if out is not None else first / f"theta-{form}.yaml"
+        else:
+            target = (Path(out) if out is not None else first) / f"theta-{form}.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+        save_theta(theta, target)
+        fits.append(FormFit(form, theta, None, str(target)))
+    if all(f.theta is None for f in fits):
+        raise ValueError("no form could be fitted: " + "; ".join(f"{f.form}: {f.reason}" for f in fits))
+    return FormCalibration(points, folds, seed, tuple(fits))
+
+
+def _pct(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.2f}%" if x >= 0.01 or x == 0 else f"{x:.1e}%"
+
+
+def format_form_calibration(result: FormCalibration) -> str:
+    """The report ``replay calibrate --form`` prints: the data, each form's coefficients (one form) or the
+    [SS26]-style MAPE comparison (several), and the files written."""
+    p = result.points
+    energy = f"measured ({p.energy_source})" if p.measured else f"{p.energy_source}, not measured"
+    lines = [f"{len(p.frame):,} (input, output) length points from {p.requests_used:,} finished requests in "
+             f"{len(p.runs)} run(s); energy {energy}",
+             f"  model {p.model or 'unknown'} on {p.hardware or 'unknown hardware'}"]
+    if p.excluded:
+        lines.append(f"  left out: {_excluded_text(p.excluded)}")
+    lines += [f"  note: {n}" for n in p.notes]
+    k = result.folds
+    if len(result.fits) == 1:
+        theta = result.fits[0].theta
+        stats = theta.fit
+        lines.append(f"{FORM_TITLES[theta.form]}: E_tok (J/output token) = sum of th_j * term_j")
+        for j, (value, term) in enumerate(zip(theta.theta, FORM_TERMS[theta.form])):
+            lines.append(f"  th{j} = {value: .6e}   x {term}")
+        held = (_pct(stats["heldout_mape_pct"]) if stats.get("heldout_mape_pct") is not None
+                else f"not computed: {stats.get('heldout_not_computed')}")
+        lines.append(f"  in-sample MAPE {_pct(stats['in_sample_mape_pct'])} ([SS26] reports only this); "
+                     f"{k}-fold held-out MAPE {held}")
+        if stats.get("per_fold_mape_pct"):
+            lines.append("  per fold: " + ", ".join(_pct(x) for x in stats["per_fold_mape_pct"]))
+    else:
+        head = f"{'form':<18} {'coefficients':>12} {'in-sample MAPE':>15} {f'{k}-fold held-out MAPE':>22}"
+        lines += [head, "-" * len(head)]
+        for f in sorted(result.fits, key=lambda f: _TABLE_ORDER.index(f.form)):
+            ncoef = len(FORM_TERMS[f.form])
+            if f.theta is None:
+                lines.append(f"{_SHORT[f.form]:<18} {ncoef:>12} {'not fitted':>15}   {f.reason}")
+                continue
+            s = f.theta.fit
+            held = _pct(s.get("heldout_mape_pct")) if s.get("heldout_mape_pct") is not None else "not computed"
+            lines.append(f"{_SHORT[f.form]:<18} {ncoef:>12} {_pct(s['in_sample_mape_pct']):>15} {held:>22}")
+        reasons = {f.theta.fit.get("heldout_not_computed") for f in result.fits
+                   if f.theta is not None and f.theta.fit.get("heldout_not_computed")}
+        lines += [f"  held-out not computed: {r}" for r in sorted(reasons)]
+    lines += [f"wrote {f.path}" for f in result.fits if f.path]
+    return "\n".join(lines)

@@ -14,12 +14,14 @@ from click.core import ParameterSource
 
 from replay import __version__
 from replay.arrivals import PROCESSES
-from replay.calibrate import calibrate_perf
+from replay.calibrate import calibrate_forms, calibrate_perf, format_form_calibration, parse_forms
 from replay.config import ENGINES, METER_CHOICES, RATE_SCALE_HOW, RunConfig, load_config
+from replay.estimate.forms import PRESETS, load_theta, preset
 from replay.plan import format_plan, parse_target, plan_replicas
 from replay.report.metrics import format_summary
 from replay.run import choose_engine, execute, resume
 from replay.server import ROUTERS
+from replay.sweetspot import DEFAULT_GRID, format_sweet_spots, parse_lengths, plot_heatmap, sweet_spots
 from replay.trace import FORMATS, ReadOptions, ReadReport, TraceError, convert, read_trace, write_trace
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS, bin_workload, format_bins, parse_edges
 from replay.trace.stats import format_stats, trace_stats
@@ -392,28 +394,88 @@ def plan_cmd(ctx, trace, target_text, max_replicas, config_file, online, **optio
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--perf", "perf_fit", is_flag=True,
               help="Fit the simulated engine's step-time model to the runs' measured steps.")
+@click.option("--form", "form_text", default=None,
+              help="Fit [SS26] energy-per-token forms to the runs' request energy: eq5 (SweetSpot), eq4 "
+                   "(FLOPs-based), b1, b2, b3, b4, a comma list, or all (a MAPE comparison table).")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="--form: K of the K-fold held-out MAPE (folds over (input, output) length points).")
+@click.option("--seed", type=int, default=0, show_default=True, help="--form: seed of the fold split.")
 @click.option("--model", default=None, help="Model of the runs (default: from their config.yaml).")
 @click.option("--gpu", default=None, help="Hardware of the runs (default: from their config.yaml).")
-@click.option("--tp", type=int, default=None, help="Tensor parallelism of the runs (default: from config.yaml).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the fitted parameters (default: perf.yaml in the first run directory).")
+@click.option("--tp", type=int, default=None, help="--perf: tensor parallelism of the runs (default: from config.yaml).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Where to write: --perf: the parameters (default perf.yaml in the first run directory); --form "
+                   "with one form: the theta YAML (default theta-FORM.yaml there); with several: a directory for "
+                   "theta-FORM.yaml files.")
 @_friendly
-def calibrate_cmd(run_dirs, perf_fit, model, gpu, tp, out):
+def calibrate_cmd(run_dirs, perf_fit, form_text, folds, seed, model, gpu, tp, out):
     """Fit model parameters to recorded runs.
 
     With --perf: fit the simulated engine's step-time model (compute and memory efficiency, per-step and
     per-sequence overhead) to the step records (steps.jsonl) of runs on a real engine, report in-sample and
     held-out error, and write YAML that 'replay run --perf FILE' reads.
 
+    With --form: group the runs' finished requests by (input, output) length, take energy per output token
+    E_tok = sum(energy_j) / sum(output tokens) at each, fit the [SS26] form by least squares, print the
+    coefficients with in-sample and K-fold held-out MAPE, and write the theta YAML that
+    'replay sweetspot --theta FILE' reads. Runs without measured energy are an error; the simulated engine's
+    modelled energy is accepted and labelled modelled.
+
     \b
     Example:
       replay calibrate runs/chat-vllm --perf --out perf.yaml
       replay run traces/code.jsonl --perf perf.yaml --model tiny-llama --gpu cpu
+      replay calibrate runs/sweep-* --form eq5 --out theta.yaml
+      replay calibrate runs/sweep-* --form all --folds 5
     """
+    if perf_fit and form_text:
+        raise click.UsageError("--perf and --form are alternatives: fit one at a time")
+    if form_text:
+        if tp is not None:
+            raise click.UsageError("--tp is for --perf only")
+        result = calibrate_forms(list(run_dirs), parse_forms(form_text), folds=folds, seed=seed, out=out,
+                                 model=model, hardware=gpu)
+        click.echo(format_form_calibration(result))
+        return
     if not perf_fit:
-        raise click.UsageError("say what to fit: --perf (the step-time model) is the calibration available")
+        raise click.UsageError("say what to fit: --perf (the step-time model) or --form (the [SS26] energy forms)")
     report = calibrate_perf(list(run_dirs), model=model, gpu=gpu, tp=tp, out=out)
     click.echo(report)
+
+
+@main.command("sweetspot")
+@click.option("--theta", "theta_file", type=click.Path(dir_okay=False), default=None,
+              help="Coefficients fitted by 'replay calibrate --form' (theta YAML).")
+@click.option("--preset", "preset_model", default=None,
+              help="Or the published [SS26] Table 5 coefficients of this model (e.g. llama-3.1-8b).")
+@click.option("--n-in", "n_in_text", default=",".join(map(str, DEFAULT_GRID)), show_default=True,
+              help="Input lengths (comma list).")
+@click.option("--n-out", "n_out_text", default=",".join(map(str, DEFAULT_GRID)), show_default=True,
+              help="Output lengths of the efficiency surface (comma list).")
+@click.option("--heatmap", type=click.Path(dir_okay=False), default=None, help="Write the surface as a PNG heatmap.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_friendly
+def sweetspot_cmd(theta_file, preset_model, n_in_text, n_out_text, heatmap, as_json):
+    """Energy-efficiency sweet spots ([SS26]): for each input length the output length that minimises energy
+    per output token (Eq. 6, and the best on the grid), and the surface of output tokens per joule.
+
+    \b
+    Example:
+      replay sweetspot --preset llama-3.1-8b --heatmap llama-8b.png
+      replay sweetspot --theta theta.yaml --n-in 128,1024 --json
+    """
+    if (theta_file is None) == (preset_model is None):
+        raise click.UsageError("give one of --theta FILE and --preset MODEL (presets: " + ", ".join(PRESETS) + ")")
+    theta = load_theta(theta_file) if theta_file else preset(preset_model)
+    result = sweet_spots(theta, parse_lengths(n_in_text, "--n-in"), parse_lengths(n_out_text, "--n-out"))
+    if heatmap:
+        plot_heatmap(result, heatmap)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        click.echo(format_sweet_spots(result))
+    if heatmap:
+        click.echo(f"wrote {heatmap}", err=as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover
