@@ -221,7 +221,7 @@ def energy_points(run_dirs: list[str | Path]) -> EnergyPoints:
                          f"({', '.join(measured)}): fit one kind at a time")
     requests = pd.concat(frames, ignore_index=True)
     if requests.empty:
-        raise ValueError(f"no finished request with energy in {', '.join(map(str, dirs))} "
+        raise ValueError(f"no finished request with energy (measured or modelled) in {', '.join(map(str, dirs))} "
                          f"(left out: {_excluded_text(excluded) or 'none'})")
     grouped = (requests.groupby(["input_tokens", "output_tokens"], sort=True)
                .agg(requests=("energy_j", "size"), energy_j=("energy_j", "sum"),

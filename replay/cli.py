@@ -390,6 +390,76 @@ def plan_cmd(ctx, trace, target_text, max_replicas, config_file, online, **optio
     click.echo(f"runs and plan.json in: {config.out}")
 
 
+@main.command("sweep")
+@click.argument("trace", type=click.Path(dir_okay=False), required=False)
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2|KEY=A..B",
+              help="One axis: n_in or n_out (synthetic requests of that many tokens), or any run option by its "
+                   "config.yaml key (max_num_seqs, rate_per_s, batch_size, engine, model, gpu, tp, ...). A..B: the "
+                   "powers of two from A to B. Repeat for more axes. Without a TRACE, n_in and n_out not given "
+                   "take [SS26]'s 64..4096.")
+@click.option("--requests", type=int, default=None,
+              help="Requests per synthetic point (default 1000, as [SS26]); a TRACE sweep takes --limit.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run the points as Ray tasks (one GPU each for the real engine): auto (the running cluster), "
+                   "HOST:PORT, ray://..., or local (start Ray on this machine). Needs replay-energy[ray].")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Go on with the sweep in this directory, as its sweep.yaml records it (no other options but "
+                   "--ray).")
+@run_options
+@click.pass_context
+@_friendly
+def sweep_cmd(ctx, trace, grid, requests, ray_address, resume_dir, config_file, online, **options):
+    """Run a grid of runs, each point a normal run directory under --out, and print one results table
+    (also written to OUT/results.csv): latency, throughput and energy per point.
+
+    Without a TRACE each point replays --requests requests of exactly n_in input and n_out output tokens
+    (default grid: [SS26]'s n_in x n_out in 64..4096); such a sweep runs offline unless --online is given
+    (then with --rate or --concurrency). With a TRACE, every point replays it. Every run option applies to
+    every point. The same command again (or --resume OUT) skips finished points, resumes interrupted ones,
+    retries failed ones and runs the rest; a different grid against the same --out is an error.
+
+    \b
+    Example:
+      replay sweep --engine sim --out sweeps/ss26                      # [SS26]'s 7 x 7 grid
+      replay sweep --engine sim --grid n_in=128..8192 --grid n_out=8..512 --grid batch_size=8,32 \\
+          --offline --requests 256 --out sweeps/na25                   # [Na25] static batches per bin
+      replay sweep traces/chat.jsonl --engine sim --grid max_num_seqs=16,64,256 --grid rate_scale=1,2,4 \\
+          --limit 2000 --out sweeps/chat
+      replay sweep --resume sweeps/ss26 --ray auto
+    """
+    from replay.sweep import SYNTHETIC, format_table, make_sweep, resume_sweep, run_sweep
+
+    if resume_dir is not None:
+        given = [p.name for p in ctx.command.params if p.name not in ("resume_dir", "ray_address")
+                 and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--resume takes the sweep's own sweep.yaml: drop {', '.join(given)}")
+        out = resume_dir
+    else:
+        file = load_config(config_file) if config_file else {}
+        if options["out"] is None and file.get("out") is None:
+            raise click.UsageError("give --out DIR: the sweep's directory (the same command again goes on with it)")
+        synthetic = trace is None and "trace" not in file
+        config = _run_config(ctx, SYNTHETIC if synthetic else trace, config_file, online, options, None)
+        if synthetic and ctx.get_parameter_source("online") is ParameterSource.DEFAULT and "mode" not in file:
+            config = replace(config, mode="offline")  # [SS26]: every request of a point at once
+        spec = make_sweep(config, list(grid), requests)
+        out = spec.out
+    try:
+        if resume_dir is not None:
+            result = resume_sweep(resume_dir, ray=ray_address, echo=click.echo)
+        else:
+            result = run_sweep(spec, ray=ray_address, echo=click.echo)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted: finished points are kept in {out}; go on with: "
+                                   f"replay sweep --resume {out}") from None
+    click.echo(format_table(result.table, result.spec))
+    click.echo(f"results: {result.csv}")
+    if result.failed:
+        raise click.ClickException(f"{len(result.failed)} of {len(result.table)} points failed (see the error "
+                                   f"column and each point's error.txt); the same command again retries them")
+
+
 @main.command("calibrate")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--perf", "perf_fit", is_flag=True,
@@ -402,7 +472,8 @@ def plan_cmd(ctx, trace, target_text, max_replicas, config_file, online, **optio
 @click.option("--seed", type=int, default=0, show_default=True, help="--form: seed of the fold split.")
 @click.option("--model", default=None, help="Model of the runs (default: from their config.yaml).")
 @click.option("--gpu", default=None, help="Hardware of the runs (default: from their config.yaml).")
-@click.option("--tp", type=int, default=None, help="--perf: tensor parallelism of the runs (default: from config.yaml).")
+@click.option("--tp", type=int, default=None,
+              help="--perf: tensor parallelism of the runs (default: from config.yaml).")
 @click.option("--out", type=click.Path(), default=None,
               help="Where to write: --perf: the parameters (default perf.yaml in the first run directory); --form "
                    "with one form: the theta YAML (default theta-FORM.yaml there); with several: a directory for "

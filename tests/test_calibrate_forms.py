@@ -197,3 +197,12 @@ def test_held_out_is_reported_not_computed_when_folds_exceed_points(sweep, tmp_p
     stats = result.fits[0].theta.fit
     assert stats["heldout_mape_pct"] is None and "needs at least 5 points" in stats["heldout_not_computed"]
     assert np.isfinite(stats["in_sample_mape_pct"])
+
+
+def test_a_run_whose_requests_all_lack_energy_is_an_error(sweep, tmp_path):
+    copy = tmp_path / "none"
+    shutil.copytree(sweep[0], copy)
+    rows = [dict(json.loads(line), energy_j=None) for line in (copy / "requests.jsonl").read_text().splitlines()]
+    (copy / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="no finished request with energy .*left out: 4 finished without energy"):
+        energy_points([copy])

@@ -122,7 +122,7 @@ class Theta:
 
 # --- fitting -------------------------------------------------------------------------------------------------
 
-FIT_METHOD = "ordinary least squares on E_tok, one equal weight per (n_in, n_out) point ([SS26] section 4)"
+FIT_METHOD = "ordinary least squares on E_tok, one equal weight per (n_in, n_out) point, as [SS26] fits its grid"
 
 
 def mape(pred, actual) -> float:
