@@ -198,14 +198,33 @@ def _finished_with_energy(frame: pd.DataFrame, path: str, excluded: dict[str, in
     return out
 
 
+def _expand_sweeps(run_dirs: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """Run directories, a ``replay sweep`` directory (sweep.yaml, no requests.jsonl) standing for its finished
+    points (the subdirectories with a summary.json); points not finished are counted in a note."""
+    dirs, notes = [], []
+    for d in map(Path, run_dirs):
+        if (d / "sweep.yaml").exists() and not (d / "requests.jsonl").exists():
+            subs = sorted(p for p in d.iterdir() if p.is_dir() and (p / "config.yaml").exists())
+            done = [p for p in subs if (p / "summary.json").exists()]
+            if not done:
+                raise ValueError(f"{d}: a sweep directory without a finished point (no */summary.json)")
+            if len(done) < len(subs):
+                notes.append(f"{d}: {len(subs) - len(done)} of {len(subs)} sweep points not finished, left out")
+            dirs.extend(done)
+        else:
+            dirs.append(d)
+    return dirs, notes
+
+
 def energy_points(run_dirs: list[str | Path]) -> EnergyPoints:
     """Group the finished requests of ``run_dirs`` by (input_tokens, output_tokens) and take each pair's
     E_tok = sum(energy_j) / sum(generated tokens): for a sweep point of fixed lengths the [SS26] per-point E_tok,
     for a trace run the same per length pair. Rejected and unfinished requests and requests without energy are
-    left out and counted. All runs must be measured, or all modelled (the simulated engine)."""
+    left out and counted. All runs must be measured, or all modelled (the simulated engine). A ``replay sweep``
+    directory stands for its finished points."""
     if not run_dirs:
         raise ValueError("no run directories given")
-    dirs = [Path(d) for d in run_dirs]
+    dirs, notes = _expand_sweeps(run_dirs)
     frames, sources, settings, excluded = [], {}, {}, {}
     for d in dirs:
         source, _ = _summary_energy(d)
@@ -233,7 +252,6 @@ def energy_points(run_dirs: list[str | Path]) -> EnergyPoints:
         raise ValueError(f"length pair ({row.input_tokens}, {row.output_tokens}): finished requests generated no "
                          f"tokens, so energy per output token is undefined")
     grouped["e_tok_j"] = grouped["energy_j"] / grouped["generated_tokens"]
-    notes = []
     models = {m for m, _ in settings.values()}
     gpus = {g for _, g in settings.values()}
     for what, values in (("model", models), ("hardware", gpus)):
@@ -327,7 +345,7 @@ def calibrate_forms(run_dirs: list[str | Path], forms: tuple[str, ...] = ("eq5",
     points = energy_points(run_dirs)
     model = model or points.model
     hardware = hardware or points.hardware
-    first = Path(points.runs[0])
+    first = Path(run_dirs[0])
     fits = []
     for form in forms:
         try:

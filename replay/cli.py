@@ -490,14 +490,14 @@ def calibrate_cmd(run_dirs, perf_fit, form_text, folds, seed, model, gpu, tp, ou
     E_tok = sum(energy_j) / sum(output tokens) at each, fit the [SS26] form by least squares, print the
     coefficients with in-sample and K-fold held-out MAPE, and write the theta YAML that
     'replay sweetspot --theta FILE' reads. Runs without measured energy are an error; the simulated engine's
-    modelled energy is accepted and labelled modelled.
+    modelled energy is accepted and labelled modelled. A 'replay sweep' directory stands for its finished points.
 
     \b
     Example:
       replay calibrate runs/chat-vllm --perf --out perf.yaml
       replay run traces/code.jsonl --perf perf.yaml --model tiny-llama --gpu cpu
-      replay calibrate runs/sweep-* --form eq5 --out theta.yaml
-      replay calibrate runs/sweep-* --form all --folds 5
+      replay calibrate sweeps/ss26 --form eq5 --out theta.yaml
+      replay calibrate runs/chat-a runs/chat-b --form all --folds 5
     """
     if perf_fit and form_text:
         raise click.UsageError("--perf and --form are alternatives: fit one at a time")

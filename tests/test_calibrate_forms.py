@@ -206,3 +206,18 @@ def test_a_run_whose_requests_all_lack_energy_is_an_error(sweep, tmp_path):
     (copy / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="no finished request with energy .*left out: 4 finished without energy"):
         energy_points([copy])
+
+
+def test_a_sweep_directory_stands_for_its_finished_points(tmp_path):
+    out = tmp_path / "sweep"
+    made = _cli("sweep", "--engine", "sim", "--grid", "n_in=64..256", "--grid", "n_out=16..64", "--requests", 3,
+                "--out", out)
+    assert made.exit_code == 0, made.output
+    points = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(points) == 9
+    (points[0] / "summary.json").unlink()           # as if that point had not finished
+    result = _cli("calibrate", out, "--form", "eq4", "--folds", 2)
+    assert result.exit_code == 0, result.output
+    assert "1 of 9 sweep points not finished" in result.output
+    theta = load_theta(out / "theta-eq4.yaml")
+    assert theta.fit["n_points"] == 8 and theta.fit["requests"] == 24 and len(theta.fit["runs"]) == 8
