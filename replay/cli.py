@@ -346,12 +346,29 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted: the requests finished so far are in {out}/requests.jsonl; "
                                    f"go on with: replay run --resume {out}") from None
+    except (TraceError, ValueError, OSError):
+        raise
+    except Exception as exc:  # the engine (or anything under it) failed mid-run: say so, keep what finished
+        raise click.ClickException(_crash_message(exc, Path(out))) from None
     click.echo(format_summary(result.summary))
     steps = len(result.steps)
     verb = "simulated" if result.config.engine == "sim" else "served"
     click.echo(f"{verb} {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
                f"({steps / result.wall_s if result.wall_s > 0 else float('inf'):,.0f} steps/s)")
     click.echo(f"run directory: {result.out}")
+
+
+def _crash_message(exc: Exception, out: Path) -> str:
+    """One line for a run that stopped on an unexpected error; the traceback goes to ``out/error.log``."""
+    import traceback
+    log = "the traceback could not be written"
+    if out.is_dir():
+        (out / "error.log").write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        log = f"traceback in {out / 'error.log'}"
+    path = out / "requests.jsonl"
+    kept = sum(1 for _ in path.open("rb")) if path.exists() else 0
+    return (f"the run stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({log}); "
+            f"the {kept} request records written before it are kept in {path}; go on with: replay run --resume {out}")
 
 
 @main.command("plan")

@@ -392,3 +392,28 @@ def test_interrupt_then_resume_from_the_command_line(tmp_path, monkeypatch):
     assert resumed.exit_code == 0, resumed.output
     ids = [json.loads(x)["id"] for x in (out / "requests.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 80
+
+
+def test_an_engine_crash_mid_run_is_one_line_and_keeps_what_finished(tmp_path, monkeypatch):
+    """An engine that fails mid-run (faked: the simulated engine's step raises after 50 calls, standing in for a
+    vLLM error) stops the run with one line, the traceback in error.log, and every finished request kept, so
+    --resume goes on."""
+    from replay.engines.sim.engine import SimEngine
+    original, calls = SimEngine.step, {"n": 0}
+
+    def step(self, horizon_s=float("inf")):
+        calls["n"] += 1
+        if calls["n"] > 50:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+        return original(self, horizon_s)
+
+    monkeypatch.setattr(SimEngine, "step", step)
+    out = tmp_path / "run"
+    result = run("run", TRACES / "chat.jsonl", "--limit", 100, "--out", out, "--quiet")
+    assert_one_error_line(result, "the run stopped: RuntimeError: CUDA error", "error.log", "--resume")
+    kept = (out / "requests.jsonl").read_text().splitlines()
+    assert 0 < len(kept) < 100 and f"the {len(kept)} request records" in result.stderr
+    assert "illegal memory access" in (out / "error.log").read_text()
+    monkeypatch.setattr(SimEngine, "step", original)
+    assert run("run", "--resume", out, "--quiet").exit_code == 0
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 100

@@ -30,6 +30,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from pathlib import Path
@@ -151,7 +152,10 @@ class VllmEngine:
                                "process-wide state, and closing one in-process engine breaks the other; close() "
                                "it first (one replica per process)")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process: step-level control
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its start-up chatter would bury the summary
+        # Its start-up chatter (performance hints for CPU builds, deprecations) would bury the summary; errors
+        # still show, and VLLM_LOGGING_LEVEL=WARNING (or INFO) in the environment brings the rest back.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
         self.llm = None
         t0 = time.perf_counter()
         from vllm import EngineArgs, LLMEngine, SamplingParams
