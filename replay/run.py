@@ -352,9 +352,14 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
                      float(requests["arrival_s"].max()) if len(requests) else 0.0)
     extra: dict[str, Any] = {"choices": choices, "meter": choice}
     if config.engine == "sim":
-        energy = (_modelled_energy(steps, engines, makespan_s) if config.meter in ("auto", "model")
-                  else Energy(source=None, reason=f"--meter {config.meter}: the simulated engine's energy is "
-                              "modelled by its power model (--meter model) or not at all"))
+        if config.meter in ("auto", "model"):
+            energy = _modelled_energy(steps, engines, makespan_s)
+        else:  # the records' modelled shares go too: no energy figure where none was asked for
+            energy = Energy(source=None, reason=f"--meter {config.meter}: the simulated engine's energy is "
+                            "modelled by its power model (--meter model) or not at all")
+            requests["energy_j"] = None
+            if out is not None:
+                _rewrite_requests(out, requests)
     elif timeline is None:
         energy = Energy(source=None, reason=choice["reason"].removeprefix("not measured: "))
         requests["energy_j"] = None
@@ -419,14 +424,19 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
     idle_j = idle.total_w * makespan_s if idle is not None else None
     if out is not None:
         timeline.to_csv(out / "power.csv")
-        tmp = out / "requests.jsonl.part"
-        tmp.write_text("".join(json.dumps(_plain(r), allow_nan=False, separators=(",", ":")) + "\n"
-                               for r in requests.to_dict("records")), encoding="utf-8")
-        tmp.replace(out / "requests.jsonl")
+        _rewrite_requests(out, requests)
     energy = Energy(source=timeline.label, reason=None, total_j=total_j,
                     idle_j=min(idle_j, total_j) if idle_j is not None else None)
     return energy, requests, {"idle": idle.to_dict() if idle is not None else None,
                               "attribution": {"tokens": by_tokens.to_dict(), "flops": by_flops.to_dict()}}
+
+
+def _rewrite_requests(out: Path, requests: pd.DataFrame) -> None:
+    """requests.jsonl again, whole, with the energy fields settled at the end of the run (atomic)."""
+    tmp = out / "requests.jsonl.part"
+    tmp.write_text("".join(json.dumps(_plain(r), allow_nan=False, separators=(",", ":")) + "\n"
+                           for r in requests.to_dict("records")), encoding="utf-8")
+    tmp.replace(out / "requests.jsonl")
 
 
 def _plain(record: dict[str, Any]) -> dict[str, Any]:

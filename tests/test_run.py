@@ -389,6 +389,9 @@ def test_meter_none_on_the_simulator_says_not_measured_never_zero(tmp_path):
     assert "not measured" in s.energy_not_measured_reason or "--meter none" in s.energy_not_measured_reason
     doc = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert doc["meter"]["meter"] == "none" and doc["summary"]["energy_total_j"] is None
+    records = [json.loads(line) for line in (tmp_path / "r" / "requests.jsonl").read_text().splitlines()]
+    assert len(records) == 30 and all(r["energy_j"] is None for r in records)
+    assert result.requests["energy_j"].isna().all()
 
 
 def test_the_real_engine_is_refused_clearly_where_vllm_is_missing_or_misused(tmp_path):
