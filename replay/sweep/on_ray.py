@@ -67,9 +67,12 @@ def run_on_ray(points: list[tuple[Point, tuple[int, int, int] | None]], address:
         if engines - {"sim"}:
             say(f"ray: real-engine points ask for --tp GPUs each ({gpus:g} in the cluster)" if gpus > 0 else
                 "ray: the cluster has no GPUs: real-engine points run with num_gpus=0 (vLLM's CPU build)")
-        task = ray.remote(attempt)
+        tasks: dict[int, Any] = {}  # max_calls -> the remote function (Ray takes max_calls only there)
         for point, lengths in points:
-            ref = task.options(**_task_options(point, gpus)).remote(_absolute(point, lengths is not None), lengths)
+            options = _task_options(point, gpus)
+            max_calls = options.pop("max_calls")
+            task = tasks.setdefault(max_calls, ray.remote(max_calls=max_calls)(attempt))
+            ref = task.options(**options).remote(_absolute(point, lengths is not None), lengths)
             pending[ref] = point
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -12,11 +12,12 @@ Columns of ``results_table`` (``results.csv``), in order:
   and output tokens per joule. Null where not measured (never 0), and for points not done.
 - ``e_tok_j``: [SS26]'s E_tok = E / n_out, the point's energy over the output tokens it generated (J/token);
   the same number as ``energy_per_output_token_j``, under the name the [SS26] fit reads.
-- Static-batch points (offline, ``batch_size`` B, [Na25]): ``full_batches`` and ``energy_per_batch_j``, the
-  mean over the run's full batches (requests in trace order, B at a time; a last, smaller batch is left
-  out) of the batch's energy, the sum of its requests' ``energy_j`` (the energy of the steps that served it;
-  a static batch has the engine to itself). Null elsewhere, and where a full batch had a request without
-  energy or not finished (such batches are left out of the mean; none left: null).
+- Static-batch points (offline, ``batch_size`` B, [Na25]): ``full_batches``, the run's batches of B requests
+  (requests in trace order, B at a time; a last, smaller batch does not count), and ``energy_per_batch_j``,
+  the mean over them of the batch's energy, the sum of its requests' ``energy_j`` (the energy of the steps
+  that served it: a static batch has the engine to itself). A full batch with a request that did not
+  finish, or has no energy, is left out of the mean; null when none is left or the run's energy was not
+  measured. Both null for other points.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def results_table(sweep: SweepSpec | str | Path) -> pd.DataFrame:
         tokens = summary.get("total_output_tokens")
         total = summary.get("energy_total_j")
         row["e_tok_j"] = total / tokens if total is not None and tokens else None
-        full, per_batch = _batch_energy(out) if state == "done" else (None, None)
+        measured = summary.get("energy_source") is not None  # the run's verdict, whatever its records hold
+        full, per_batch = _batch_energy(out, measured) if state == "done" else (None, None)
         row["full_batches"], row["energy_per_batch_j"] = full, per_batch
         rows.append(row)
     columns = ["point", "dir", *(axis_column(a.key) for a in spec.axes), "status", "error", *METRICS, *EXTRA]
@@ -104,25 +106,29 @@ def _run_config(out: Path) -> RunConfig:
     return RunConfig.from_dict({k: v for k, v in data.items() if k in known}, where=str(out / "config.yaml"))
 
 
-def _batch_energy(out: Path) -> tuple[int | None, float | None]:
-    """(full batches counted, mean energy of a full batch in J) of a static-batch run; (None, None) for
-    other runs. [Na25]: E_batch is the energy of one full batch."""
+def _batch_energy(out: Path, measured: bool) -> tuple[int | None, float | None]:
+    """(full batches in the run, mean energy of one in J) of a static-batch run; (None, None) for other runs.
+    The mean is over the full batches whose requests all finished with an energy; None when the run's energy
+    was not measured or no batch qualifies. [Na25]: E_batch is the energy of one full batch."""
     config = _run_config(out)
     if config.arrival != "static" or config.batch_size is None:
         return None, None
     ids = [str(i) for i in prepare_workload(config).table.column("id").to_pylist()]
+    size = config.batch_size
+    full = len(ids) // size
+    if not measured:
+        return full, None
     energy: dict[str, float] = {}
     for line in (out / "requests.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if record.get("status") == "finished" and record.get("energy_j") is not None:
             energy[str(record["id"])] = float(record["energy_j"])
-    size = config.batch_size
     sums = []
-    for k in range(len(ids) // size):
+    for k in range(full):
         batch = ids[k * size:(k + 1) * size]
         if all(i in energy for i in batch):
             sums.append(math.fsum(energy[i] for i in batch))
-    return len(sums), (float(np.mean(sums)) if sums else None)
+    return full, (float(np.mean(sums)) if sums else None)
 
 
 def batch_energies(sweep: SweepSpec | str | Path, input_bins: Iterable[int] = DEFAULT_INPUT_BINS,
