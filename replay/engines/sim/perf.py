@@ -24,10 +24,11 @@ T = prefill_tokens + decode_tokens, and the StepShape fields as in replay.engine
              + [tp > 1] 2 L (2 (tp-1)/tp T d b / I + allreduce_latency_s)
 
 The FLOP and byte coefficients are ``replay.estimate.counting.coefficients`` (the one copy of the counting,
-shared with the estimators) divided by tp. P is the hardware's dense peak FLOP/s for the dtype, W its peak memory bandwidth, ce and me the achieved
-fractions (``compute_efficiency``, ``memory_efficiency``). Tensor parallelism (Megatron-style, as vLLM does it)
-costs two all-reduces of the activations (T x d elements) per layer, after attention and after the MLP, each a
-ring all-reduce that moves 2 (tp-1)/tp of the buffer through each GPU's link. I is ONE direction of the
+shared with the estimators) divided by tp. P is the hardware's dense peak FLOP/s for the dtype, W its peak
+memory bandwidth, ce and me the achieved fractions (``compute_efficiency``, ``memory_efficiency``). Tensor
+parallelism (Megatron-style, as vLLM does it) costs two all-reduces of the activations (T x d elements) per
+layer, after attention and after the MLP, each a ring all-reduce that moves 2 (tp-1)/tp of the buffer through
+each GPU's link. I is ONE direction of the
 interconnect: ``Hardware.interconnect_gbs`` is the total of both directions (hardware.yaml header), and a ring
 sends and receives at the same time, so I = interconnect_gbs / 2 (450 GB/s on an H100 SXM). A step with no
 tokens costs ``overhead_s`` only.
