@@ -8,7 +8,8 @@ above, the paper's edges by default). A request above the largest bin, or in a b
 cannot be estimated: NaN, counted, never a silent 0.
 
 The batch energies are a frame with columns ``input_bin, output_bin, batch_size, energy_j`` (one full batch of
-that bin, measured; e.g. from a static-batch sweep: ``replay sweep`` builds it).
+that bin, measured; e.g. from a static-batch sweep: ``replay.sweep`` builds it; other columns are ignored). A bin
+measured at several batch sizes uses the largest, as [Na25]'s B is the largest batch the hardware allows.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class BinnedEnergy:
 def check_batch_energies(frame: pd.DataFrame, input_bins: Iterable[int] = DEFAULT_INPUT_BINS,
                          output_bins: Iterable[int] = DEFAULT_OUTPUT_BINS) -> pd.DataFrame:
     """The frame's four columns as numbers, checked: bins are edges of the binning, batch_size a whole number
-    >= 1, energy_j finite and > 0, one row per bin. Errors name the row and the field."""
+    >= 1, energy_j finite and > 0, at most one row per bin and batch size. Errors name the row and the field."""
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"batch energies: expected a DataFrame with columns {', '.join(BATCH_ENERGY_COLUMNS)}, "
                          f"got {type(frame).__name__}")
@@ -77,12 +78,14 @@ def check_batch_energies(frame: pd.DataFrame, input_bins: Iterable[int] = DEFAUL
                              f"got {frame[col].iloc[i]!r}")
         out[col] = v.astype(np.int64) if col != "energy_j" else v
     clean = pd.DataFrame(out, index=frame.index)
-    dup = clean.duplicated(["input_bin", "output_bin"], keep=False)
+    key = ["input_bin", "output_bin", "batch_size"]
+    dup = clean.duplicated(key, keep=False)
     if dup.any():
-        rows = list(clean.index[dup])
-        i, o = clean.loc[rows[0], "input_bin"], clean.loc[rows[0], "output_bin"]
-        raise ValueError(f"batch energies: rows {', '.join(map(repr, rows))}: bin ({i}, {o}) given more than once; "
-                         "expected one full-batch energy per bin")
+        first = clean[dup].iloc[0]
+        rows = list(clean.index[dup & (clean[key] == first[key]).all(axis=1)])
+        raise ValueError(f"batch energies: rows {', '.join(map(repr, rows))}: bin ({int(first['input_bin'])}, "
+                         f"{int(first['output_bin'])}) with batch size {int(first['batch_size'])} given more than "
+                         "once; expected one full-batch energy per bin and batch size")
     return clean.reset_index(drop=True)
 
 
@@ -92,6 +95,8 @@ def binned_energy(n_in: Any, n_out: Any, batch_energies: pd.DataFrame,
     """Each request's E_batch / B of its [Na25] bin (arrays of whole token counts >= 1)."""
     in_edges, out_edges = tuple(int(e) for e in input_bins), tuple(int(e) for e in output_bins)
     table = check_batch_energies(batch_energies, in_edges, out_edges)
+    # B(I*, O*) is the largest batch measured for the bin ([Na25]: the largest the hardware and backend allow)
+    table = table.sort_values("batch_size", kind="stable").drop_duplicates(["input_bin", "output_bin"], keep="last")
     j, k = bin_indices(n_in, n_out, in_edges, out_edges)
     n_i, n_o = len(in_edges), len(out_edges)
     over_in, over_out = j == n_i, k == n_o

@@ -385,6 +385,11 @@ def binned(requests: pd.DataFrame, ctx: EstimateContext) -> Estimate:
         return _cannot("binned", label, len(rows.ok),
                        "no measured batch energies (ctx.batch_energies: input_bin, output_bin, batch_size, energy_j "
                        "per full batch; a static-batch `replay sweep` gives them)", base)
+    be = ctx.batch_energies
+    modelled = "modelled" in be.columns and bool(be["modelled"].fillna(False).astype(bool).any())
+    if modelled:
+        label += " (some batch energies are modelled by the simulated engine, not measured)"
+    sources = sorted(map(str, be["source"].dropna().unique())) if "source" in be.columns else None
     per = np.full(len(rows.ok), np.nan)
     b = binned_energy(rows.n_in[rows.ok].astype(np.int64), rows.n_out[rows.ok].astype(np.int64),
                       ctx.batch_energies, ctx.input_bins, ctx.output_bins)
@@ -392,7 +397,8 @@ def binned(requests: pd.DataFrame, ctx: EstimateContext) -> Estimate:
     left = {**rows.left_out, "above_input": b.above_input, "above_output": b.above_output,
             "above_both": b.above_both, "bin_not_measured": b.unmeasured}
     return _result("binned", label, per, left,
-                   {**base, "bins": b.bins, "unmeasured_bins": b.unmeasured_bins})
+                   {**base, "bins": b.bins, "unmeasured_bins": b.unmeasured_bins, "modelled": modelled,
+                    "batch_energy_sources": sources})
 
 
 # --- registry ------------------------------------------------------------------------------------------------

@@ -253,6 +253,23 @@ def test_binned_two_bins_by_hand(toy):
     json.dumps(e.to_dict(), allow_nan=False)                      # DataFrames and NaN made plain
 
 
+def test_binned_uses_the_largest_batch_of_a_bin(toy):
+    ctx, _ = toy
+    sweep = pd.concat([BATCHES, pd.DataFrame({"input_bin": [32], "output_bin": [8], "batch_size": [16],
+                                              "energy_j": [4.0]})], ignore_index=True)
+    e = estimate("binned", workload((10, 5), (100, 16)), dataclasses.replace(ctx, batch_energies=sweep))
+    np.testing.assert_allclose(e.per_request_j, [4.0 / 16, 1.5])
+
+
+def test_binned_says_when_its_batch_energies_are_modelled(toy):
+    ctx, _ = toy
+    e = estimate("binned", workload((10, 5)), dataclasses.replace(ctx, batch_energies=BATCHES.assign(
+        modelled=[True, False], source=["modelled (sim)", "measured (nvml)"])))
+    assert "modelled" in e.label and e.assumptions["batch_energy_sources"] == ["measured (nvml)", "modelled (sim)"]
+    assert "modelled" not in estimate("binned", workload((10, 5)),
+                                      dataclasses.replace(ctx, batch_energies=BATCHES)).label
+
+
 def test_binned_without_batch_energies_says_why(toy):
     ctx, _ = toy
     e = estimate("binned", workload((4, 3)), ctx)
@@ -264,7 +281,8 @@ def test_binned_without_batch_energies_says_why(toy):
     (lambda f: f.assign(energy_j=[2.0, 0.0]), "row 1: field 'energy_j'"),
     (lambda f: f.assign(batch_size=[4, 1.5]), "row 1: field 'batch_size'"),
     (lambda f: f.drop(columns=["batch_size"]), "missing column 'batch_size'"),
-    (lambda f: f.assign(input_bin=[32, 32], output_bin=[8, 8]), r"rows 0, 1: bin \(32, 8\) given more than once"),
+    (lambda f: f.assign(input_bin=[32, 32], output_bin=[8, 8], batch_size=[4, 4]),
+     r"rows 0, 1: bin \(32, 8\) with batch size 4 given more than once"),
 ])
 def test_bad_batch_energies_are_named(change, message):
     with pytest.raises(ValueError, match=message):
