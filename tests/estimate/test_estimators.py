@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from replay.config import RunConfig
+from replay.energy.attribution import request_step_work
 from replay.estimate.binned import check_batch_energies
+from replay.estimate.counting import step_counts
 from replay.estimate.estimators import ESTIMATORS, EstimateContext, estimate
 from replay.estimate.forms import Theta, preset
 from replay.run import execute
@@ -177,15 +179,26 @@ def test_roofline_with_steps_needs_the_run_records(toy):
 
 
 def test_roofline_on_a_run_shares_weight_reads(tmp_path):
-    """On a simulated run with batching, every step's estimated energy goes to its requests, and the run's
-    batches cost less than each request alone (weights are read once per step, not once per request)."""
-    run = execute(RunConfig(trace=str(REPO / "traces" / "chat.jsonl"), limit=40, rate_scale=20.0,
+    """On a simulated run with batching on two replicas, every step's estimated energy goes to its requests,
+    and the run's batches cost less than each request alone (weights are read once per step, not per request)."""
+    run = execute(RunConfig(trace=str(REPO / "traces" / "chat.jsonl"), limit=40, rate_scale=20.0, replicas=2,
                             model="llama-3.2-1b", out=str(tmp_path / "run")), progress=False)
     assert (run.requests["status"] == "finished").all() and (run.steps["num_seqs"] > 1).any()
+    assert run.steps["replica"].nunique() == 2
     ctx = EstimateContext(model("llama-3.2-1b"), hardware("h100-sxm"))
     alone = estimate("roofline", run.requests, ctx)
     batched = estimate("roofline", run.requests, dataclasses.replace(ctx, steps=run.steps))
     assert batched.total_j == pytest.approx(batched.assumptions["steps_j"], rel=1e-9)
+    # each request's share, recomputed directly: sum over its steps of E_step x its tokens / the step's tokens
+    steps = run.steps.reset_index(drop=True)
+    sc = step_counts(ctx.model, steps)
+    hw = ctx.hardware
+    step_j = hw.tdp_w * np.maximum(sc.flops / hw.peak_flops("bf16"), sc.bytes / hw.memory_bandwidth_bps)
+    work = request_step_work(run.requests).merge(
+        steps.assign(step_j=step_j, step_tokens=steps["prefill_tokens"] + steps["decode_tokens"])[
+            ["replica", "step", "step_j", "step_tokens"]], on=["replica", "step"], validate="many_to_one")
+    direct = np.bincount(work["row"], work["step_j"] * work["tokens"] / work["step_tokens"], minlength=40)
+    np.testing.assert_allclose(batched.per_request_j, direct, rtol=1e-9)
     assert batched.total_j < alone.total_j
     assert batched.n_estimated == alone.n_estimated == 40
 
