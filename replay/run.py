@@ -25,7 +25,7 @@ import yaml
 from replay import arrivals
 from replay.config import RunConfig
 from replay.energy.attribution import FlopCoefficients, attribute
-from replay.energy.meters import choose_meter, default_meters, measure_idle
+from replay.energy.meters import choose_meter, default_meters, gpus_in_use, measure_idle
 from replay.engines.sim.engine import SimEngine
 from replay.engines.sim.perf import PerfModel, load_perf
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
@@ -378,7 +378,8 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
 
 def _meters(config: RunConfig, boundary: dict[str, Any], clock) -> dict[str, Any]:
     """One meter of each kind, reading the machine (or ``boundary``'s fakes), timestamping with ``clock``."""
-    return default_meters(period_s=config.meter_period_s, nvml=boundary.get("nvml"),
+    gpus = gpus_in_use(config.tp) if config.engine == "vllm" else None
+    return default_meters(gpus=gpus, period_s=config.meter_period_s, nvml=boundary.get("nvml"),
                           rapl_root=boundary.get("rapl_root", "/sys/class/powercap"), clock=clock)
 
 

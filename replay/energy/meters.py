@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
 import threading
 import time
@@ -38,7 +39,7 @@ import pandas as pd
 from replay.energy.timeline import EnergyTimeline
 
 __all__ = ["METERS", "Meter", "IdlePower", "MeterChoice", "ModelMeter", "NoMeter", "NvmlMeter", "RaplMeter",
-           "choose_meter", "default_meters", "measure_idle", "model_timeline"]
+           "choose_meter", "default_meters", "gpus_in_use", "measure_idle", "model_timeline"]
 
 NOT_MEASURED = "not measured"
 MODEL_LABEL = "modelled (simulated engine's power model)"
@@ -183,9 +184,9 @@ class NvmlMeter(_Sampler):
         super().__init__(period_s, clock)
         if gpus is not None:
             gpus = list(gpus)
-            if not gpus or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in gpus) \
-                    or len(set(gpus)) != len(gpus):
-                raise ValueError(f"nvml meter gpus: expected distinct GPU indices >= 0, got {gpus!r}")
+            if not gpus or any(isinstance(i, bool) or not (isinstance(i, int) and i >= 0 or isinstance(i, str) and i)
+                               for i in gpus) or len(set(gpus)) != len(gpus):
+                raise ValueError(f"nvml meter gpus: expected distinct GPU indices >= 0 or UUIDs, got {gpus!r}")
         self.gpus = gpus
         self._nvml = nvml
         self.drop_unchanged = drop_unchanged
@@ -227,7 +228,7 @@ class NvmlMeter(_Sampler):
             nvml.nvmlShutdown()
         if count == 0:
             return False, "NVML found no GPU"
-        missing = [i for i in (self.gpus or []) if i >= count]
+        missing = [i for i in (self.gpus or []) if isinstance(i, int) and i >= count]
         if missing:
             return False, f"GPU index {missing[0]} not present: NVML sees {count} GPU(s)"
         n = len(self.gpus) if self.gpus is not None else count
@@ -244,7 +245,11 @@ class NvmlMeter(_Sampler):
             gpus = self.gpus if self.gpus is not None else list(range(nvml.nvmlDeviceGetCount()))
             self._series = []
             for i in gpus:
-                handle = nvml.nvmlDeviceGetHandleByIndex(i)
+                if isinstance(i, str):  # a UUID from CUDA_VISIBLE_DEVICES
+                    handle = nvml.nvmlDeviceGetHandleByUUID(i)
+                    i = nvml.nvmlDeviceGetIndex(handle)
+                else:
+                    handle = nvml.nvmlDeviceGetHandleByIndex(i)
                 try:
                     nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
                     mode = "counter"
@@ -535,6 +540,20 @@ class MeterChoice:
     def to_dict(self) -> dict[str, Any]:
         return {"meter": self.meter.name, "label": self.meter.label, "reason": self.reason,
                 "not_used": dict(self.skipped)}
+
+
+def gpus_in_use(tp: int, visible: str | None = None) -> list[int | str]:
+    """The GPUs a real engine of ``tp`` GPUs runs on, as NVML sees them: the first ``tp`` entries of
+    ``CUDA_VISIBLE_DEVICES`` (``visible``; indices, or UUIDs resolved when the meter opens), else GPUs 0..tp-1.
+    Measuring only these keeps runs sharing a node (a Ray sweep, say) from counting each other's energy."""
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return list(range(tp))
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if len(entries) < tp:
+        raise ValueError(f"CUDA_VISIBLE_DEVICES={visible!r} names {len(entries)} GPU(s); --tp {tp} needs {tp}")
+    return [int(e) if e.isdigit() else e for e in entries[:tp]]
 
 
 def default_meters(gpus: Sequence[int] | None = None, period_s: float = 0.1, nvml: Any = None,

@@ -69,6 +69,13 @@ class FakeNvml:
             raise NVMLError(f"invalid index {i}")
         return ("handle", i)
 
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        i = int(uuid.removeprefix("GPU-fake-"))
+        return self.nvmlDeviceGetHandleByIndex(i)
+
+    def nvmlDeviceGetIndex(self, handle):
+        return handle[1]
+
     def nvmlDeviceGetName(self, handle):
         return self.names.get(handle[1], "Fake GPU")
 

@@ -16,7 +16,8 @@ import pytest
 from energy_fakes import FakeNvml, NVMLError_LibraryNotFound, ScriptedClock, fake_rapl, set_energy
 from replay.energy import meters as meters_module
 from replay.energy.meters import (METERS, MODEL_LABEL, NVML_COUNTER_LABEL, NVML_POWER_LABEL, ModelMeter, NoMeter,
-                                  NvmlMeter, RaplMeter, choose_meter, default_meters, measure_idle, model_timeline)
+                                  NvmlMeter, RaplMeter, choose_meter, default_meters, gpus_in_use, measure_idle,
+                                  model_timeline)
 
 LONG = 60.0  # a period the background thread never reaches in these tests: stop() wakes it at once
 
@@ -72,6 +73,19 @@ def test_nvml_mixed_gpus_say_which_source_each():
     assert tl.total_j("gpu0") == pytest.approx(9.0)
     assert tl.total_j("gpu1") == pytest.approx(200.0)
     assert tl.label == "measured (nvml: gpu0 total-energy counter, gpu1 power samples, integrated)"
+
+
+def test_only_the_gpus_in_use_are_measured():
+    """CUDA_VISIBLE_DEVICES (indices or UUIDs) picks the GPUs a real engine of tp GPUs runs on: a Ray task on
+    a shared node measures its own, not its neighbours'."""
+    assert gpus_in_use(2, visible=None) == [0, 1] and gpus_in_use(1, visible="") == [0]
+    assert gpus_in_use(1, visible="3,1") == [3] and gpus_in_use(2, visible=" 3, 1 ") == [3, 1]
+    assert gpus_in_use(1, visible="GPU-fake-2,GPU-fake-0") == ["GPU-fake-2"]
+    with pytest.raises(ValueError, match="names 1 GPU"):
+        gpus_in_use(2, visible="0")
+    fake = FakeNvml(energy={0: [0, 0, 1000], 1: [0, 0, 1000], 2: [0, 0, 7000]})
+    meter, tl = nvml_run(fake, [0.0, 1.0], 1, gpus=gpus_in_use(1, visible="GPU-fake-2"))
+    assert tl.devices == ("gpu2",) and tl.total_j("gpu2") == pytest.approx(7.0)
 
 
 def test_nvml_counter_reset_continues_from_last_value():
