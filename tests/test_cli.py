@@ -12,7 +12,7 @@ from replay.cli import main
 from replay.trace import read_trace
 from replay.trace.formats.burstgpt import FAILED
 
-COMMANDS = ["convert", "stats", "bins", "synth", "run", "calibrate", "plan"]
+COMMANDS = ["convert", "stats", "bins", "synth", "run", "calibrate", "plan", "sweep", "sweetspot"]
 
 
 def run(*args: str):
