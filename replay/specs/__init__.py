@@ -178,7 +178,7 @@ def hardware(name: str) -> Hardware:
 _MODEL_REQUIRED = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 # Families whose MLP is two plain matrices (up, activation, down); every other family is taken as gated
 # (gate and up, then down: three matrices), as llama, qwen2, gemma2, granite and mistral are.
-_UNGATED = {"opt", "falcon", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "bloom", "phi"}
+_UNGATED = {"opt", "falcon", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "bloom", "phi", "starcoder2"}
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8": 1}
 
 
@@ -274,8 +274,9 @@ class ModelSpec:
           embeddings  V d, plus V d again for an untied LM head; OPT adds learned positions (max_pos + 2) d
           attention   d (h e) [Q] + 2 d (k e) [K, V] + (h e) d [O]; biases (h + 2k) e + d where the family has
                       them (Qwen2 Q/K/V only; OPT, Falcon-RW and attention_bias configs all four)
-          MLP         gated: 3 d f (+ 2 f + d with mlp_bias); plain: 2 d f + f + d (OPT, Falcon biases)
-          norms       RMSNorm d per norm (2 a layer; Gemma2 4), LayerNorm 2 d per norm (OPT, Falcon), plus
+          MLP         gated: 3 d f (+ 2 f + d with mlp_bias); plain: 2 d f + f + d (OPT, Falcon, StarCoder2
+                      biases; StarCoder2's attention has biases too, use_bias)
+          norms       RMSNorm d per norm (2 a layer; Gemma2 4), LayerNorm 2 d per norm (OPT, Falcon, StarCoder2), plus
                       the final norm
         Rotary embeddings, ALiBi and softcapping have no parameters.
         """
@@ -297,6 +298,11 @@ class ModelSpec:
             mlp = 2 * d * f + ((f + d) if c.get("bias", False) else 0)
             shared_ln = c.get("parallel_attn", True) and not c.get("new_decoder_architecture")
             norms, norm_width = (1 if shared_ln else 2), 2 * d
+        elif family == "starcoder2":  # plain MLP (c_fc, c_proj), biases everywhere by default, LayerNorm
+            bias = bool(c.get("use_bias", True))
+            attn += ((h + 2 * k) * e + d) if bias else 0
+            mlp = 2 * d * f + ((f + d) if bias else 0)
+            norms, norm_width = 2, 2 * d
         else:
             if family == "qwen2":
                 attn += (h + 2 * k) * e
