@@ -351,6 +351,7 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
     except Exception as exc:  # the engine (or anything under it) failed mid-run: say so, keep what finished
         raise click.ClickException(_crash_message(exc, Path(out))) from None
     click.echo(format_summary(result.summary))
+    _echo_short_report(result)
     steps = len(result.steps)
     verb = "simulated" if result.config.engine == "sim" else "served"
     click.echo(f"{verb} {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
@@ -564,6 +565,65 @@ def sweetspot_cmd(theta_file, preset_model, n_in_text, n_out_text, heatmap, as_j
         click.echo(format_sweet_spots(result))
     if heatmap:
         click.echo(f"wrote {heatmap}", err=as_json)
+
+
+# --- replay report --------------------------------------------------------------------------------------------
+
+
+def _echo_short_report(result) -> None:
+    """The few lines of ``replay report`` that ``replay run`` prints after its summary. The run is done and
+    written by now, so a failure here is reported on one line and never fails the run."""
+    from replay.report.text import short_report
+    try:
+        text = short_report(result)
+    except Exception as exc:  # noqa: BLE001 (the run's records are safe; say what went wrong and go on)
+        text = (f"energy vs estimates: not shown: {type(exc).__name__}: {exc} (replay report "
+                f"{result.out or 'RUN_DIR'} for the full report)")
+    click.echo(text)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path())
+@click.option("--estimator", "estimators", multiple=True, metavar="NAME",
+              help="An estimator to set beside the run's energy (repeatable): flops, roofline, sweetspot, "
+                   "sweetspot-flops, b1, b2, b3, b4, binned, or all. Default: flops, roofline, and sweetspot where "
+                   "[SS26] Table 5 has the model (with --theta: its form instead; with --bins-from: binned too).")
+@click.option("--theta", "theta_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="[SS26] coefficients fitted by 'replay calibrate --form' (theta YAML) for the form estimators.")
+@click.option("--bins-from", "bins_from", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A 'replay sweep' directory of static batches: the [Na25] batch energies for 'binned'.")
+@click.option("--peak", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+              help="Hardware peak FLOP/s for flops and roofline ([Na25] used the A6000's sparse figure).")
+@click.option("--gpu", default=None,
+              help="Hardware the estimates assume (a hardware.yaml name); default: the run's (hardware.yaml's "
+                   "'cpu' entry for a real-engine run on vLLM's CPU build).")
+@click.option("--html", "html", is_flag=True, help="Also write one self-contained report.html (plots embedded).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where to write report.json, comparison.csv, the PNG plots and report.html "
+                   "(default: RUN_DIR/report).")
+@_friendly
+def report_cmd(run_dir, estimators, theta_file, bins_from, peak, gpu, html, out):
+    """A run's energy against each estimator: per request, per [Na25] bin and in total, as the relative gap
+    of [Na25] Table 4 (measured / estimate - 1, "+64%") and the MAPE over requests; where the energy went
+    (idle, prefill, decode); latency percentiles. Prints the tables and writes report.json, comparison.csv
+    (one row per request), PNG plots (power over time, estimated vs measured per request, energy per token
+    over the bins, latency CDFs) and, with --html, one self-contained report.html.
+
+    A simulated run's energy is modelled and labelled so; a run without energy says why and still shows what
+    the estimators predict.
+
+    \b
+    Example:
+      replay report runs/chat-vllm-20261121-101500 --html
+      replay report runs/chat-sim --estimator all --peak sparse
+      replay report runs/code-vllm --theta theta.yaml --bins-from sweeps/na25 --out reports/code
+    """
+    from replay.report.build import build_report, write_report
+    from replay.report.text import format_report
+    report = build_report(run_dir, estimators=list(estimators) or None, theta=theta_file, bins_from=bins_from,
+                          peak=peak, gpu=gpu)
+    written = write_report(report, out or Path(run_dir) / "report", html=html)
+    click.echo(format_report(report, written))
 
 
 if __name__ == "__main__":  # pragma: no cover
