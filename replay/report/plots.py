@@ -64,7 +64,8 @@ def _step_power(start: np.ndarray, end: np.ndarray, energy: np.ndarray,
                 idle_w: float | None) -> tuple[np.ndarray, np.ndarray]:
     """(time, watts) of one replica's steps, each step flat at its energy over its duration, the gaps between
     steps at ``idle_w`` (None: left blank). Over MAX_POINTS steps: MAX_POINTS equal time bins instead, each the
-    bin's energy (steps by their midpoint, plus idle power over the rest of the bin) over its width."""
+    bin's energy (the part of each step inside it, plus idle power over its gaps) over its width; without idle
+    power, the bin's step energy over its step time."""
     order = np.argsort(start, kind="stable")
     start, end, energy = start[order], end[order], energy[order]
     dur = end - start
@@ -82,16 +83,23 @@ def _step_power(start: np.ndarray, end: np.ndarray, energy: np.ndarray,
         idle = np.append(start[1:] - end[:-1] > 1e-12, False)   # back-to-back steps: no gap to draw
         keep[2::4], keep[3::4] = idle, idle
         return t[keep], p[keep]
-    edges = np.linspace(float(start.min()), float(end.max()), MAX_POINTS + 1)
-    width = edges[1] - edges[0]
-    which = np.clip(np.searchsorted(edges, (start + end) / 2, side="right") - 1, 0, MAX_POINTS - 1)
-    e = np.bincount(which, weights=energy, minlength=MAX_POINTS)
-    busy = np.bincount(which, weights=dur, minlength=MAX_POINTS)
+    # exact bins: the cumulative energy (each step's spread evenly over it, idle power over the gaps) and the
+    # cumulative busy time, both piecewise linear at the step boundaries, read at the bin edges
+    gap = np.maximum(np.concatenate(([0.0], start[1:] - end[:-1])), 0.0)
+    idle_j = 0.0 if idle_w is None else idle_w * gap
+    cum_end = np.cumsum(energy + idle_j)
+    busy_end = np.cumsum(dur)
+    times = np.column_stack((start, end)).ravel()
+    cum = np.column_stack((cum_end - energy, cum_end)).ravel()
+    busy = np.column_stack((busy_end - dur, busy_end)).ravel()
+    edges = np.linspace(float(start[0]), float(end[-1]), MAX_POINTS + 1)
+    e = np.diff(np.interp(edges, times, cum))
+    b = np.diff(np.interp(edges, times, busy))
     mid = (edges[:-1] + edges[1:]) / 2
     if idle_w is None:   # mean power while a step runs
         with np.errstate(divide="ignore", invalid="ignore"):
-            return mid, np.where(busy > 0, e / busy, np.nan)
-    return mid, (e + idle_w * np.maximum(width - busy, 0.0)) / width
+            return mid, np.where(b > 0, e / b, np.nan)
+    return mid, e / (edges[1] - edges[0])
 
 
 def plot_power(run: Any, path: Path) -> Plot:

@@ -118,7 +118,9 @@ def load_run(run_dir: str | Path) -> RunData:
     try:
         config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ValueError(f"{cfg_path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"{cfg_path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path}: expected a mapping of option: value")
     sum_path = path / "summary.json"
