@@ -95,6 +95,7 @@ def run(data_path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
+    """Summaries (and dicts of them) as plain values for JSON."""
     if isinstance(value, Summary):
         return value.to_dict()
     if isinstance(value, dict):
@@ -106,8 +107,8 @@ def print_summary(doc: dict[str, Any]) -> None:
     """The distribution per estimator, by GPU and task, the sensitivity and what was not estimated."""
     print(f"{doc['rows']} rows, {doc['rows_estimated']} estimated ({SOURCE})")
     print("gap = measured / estimate - 1 ([Na25] Table 4); MAPE = mean |estimate - measured| / measured")
-    head = f"{'estimator':<13} {'group':<24} {'n':>4} {'median':>8} {'p25':>8} {'p75':>8} {'min':>8} {'max':>8} {'MAPE':>7}"
-    print(head)
+    cols = ("median", "p25", "p75", "min", "max")
+    print(f"{'estimator':<13} {'group':<24} {'n':>4} " + " ".join(f"{c:>8}" for c in cols) + f" {'MAPE':>7}")
     for name in COMPARED:
         s = doc["summary"][name]
         groups = [("all", s["all"])] + list(s["by_gpu"].items()) + list(s["by_task"].items())
@@ -130,10 +131,10 @@ def print_summary(doc: dict[str, Any]) -> None:
     for item in doc["not_estimated"]:
         print(f"  {item['model_id']} ({item['rows']} rows): {item['reason']}")
     for name in COMPARED:
-        n = sum(v for k, v in doc["summary"][name]["not_estimated"].items())
-        if name == "sweetspot":
-            print(f"  sweetspot: {n} lines without an estimate ([SS26] Table 5 has only llama-3.1-8b, gemma2-2b and "
-                  "gemma2-9b among these models, besides the rows above)")
+        extra = {k: v for k, v in doc["summary"][name]["not_estimated"].items()
+                 if k not in {item["reason"] for item in doc["not_estimated"]}}
+        if extra:
+            print(f"  {name}: {sum(extra.values())} more rows without an estimate, e.g. {next(iter(extra))}")
 
 
 def markdown(table: pd.DataFrame, doc: dict[str, Any]) -> str:

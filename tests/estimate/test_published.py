@@ -25,7 +25,8 @@ HEADER = ("task,Model,GPU,TP,PP,Energy/req (J),Avg TPOT (s),Token tput (tok/s),A
 # Rows of ml-energy/leaderboard-v2's data (the shared CSV, lines 239, 127, 68 and 107); the first is given a whole
 # 100 output tokens (99.175 in the data) so that the estimate can be worked by hand at whole lengths.
 CODELLAMA = ("code,codellama/CodeLlama-7b-hf,NVIDIA A100-SXM4-40GB,1,1,28.59409628402536,0.0376766,834.32,100.0,"
-             "31.7431633698479,32,data/llm_text_generation/code/A100-SXM4-40GB/codellama/CodeLlama-7b-hf/bs32+tp1+pp1.json")
+             "31.7431633698479,32,data/llm_text_generation/code/A100-SXM4-40GB/codellama/CodeLlama-7b-hf/"
+             "bs32+tp1+pp1.json")
 LLAMA8B = ("chat,meta-llama/Meta-Llama-3.1-8B-Instruct,NVIDIA H100 80GB HBM3,1,1,82.58581692374547,0.0350546,1784.72,"
            "482.798,63.88024385827247,64,x.json")
 MIXTRAL = ("chat,mistralai/Mixtral-8x22B-Instruct-v0.1,NVIDIA A100-SXM4-40GB,8,2,481.980768373405,0.6587659,1521.93,"
