@@ -17,7 +17,7 @@ Definitions (a contract; tests/report/test_compare.py checks each one):
 - Per estimator totals: over the requests it could estimate (``n``), recorded and estimated sums and their gap.
   "Whole run": the run's total energy (summary ``energy_total_j``: idle time between steps and work of
   unfinished requests included, what a meter reads for the workload, as [Na25] compares) against the
-  estimator's ``total_j`` (every request it estimated).
+  estimator's ``total_j``, only where it estimated every finished request (no gap against part of the run).
 - Per bin: requests go to their [Na25] bin by input and output length (``replay.trace.bins.bin_indices``; above
   the largest edges: counted, not binned). Each bin: requests, recorded J, output tokens, recorded J per output
   token; per estimator: the requests it estimated there, their recorded and estimated J, the gap.
@@ -185,16 +185,23 @@ class Comparison:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN and infinity to None, containers recursively."""
+    """JSON-ready: numpy scalars and arrays to Python, a frame to its records, NaN and infinity to None,
+    containers recursively; anything else JSON cannot hold as its text."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, pd.DataFrame):
+        return [_plain(r) for r in value.to_dict("records")]
+    if isinstance(value, (pd.Series, np.ndarray)):
+        return [_plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _column(requests: pd.DataFrame, name: str) -> np.ndarray:
@@ -267,7 +274,8 @@ def compare(requests: pd.DataFrame, estimates: dict[str, Estimate], kind: str | 
     for name, e in estimates.items():
         frame[name] = np.asarray(e.per_request_j, dtype=np.float64)[idx]
 
-    totals = tuple(_total(name, e, frame, kind, run_total_j) for name, e in estimates.items())
+    n_finished = int(finished.sum())
+    totals = tuple(_total(name, e, frame, kind, run_total_j, n_finished) for name, e in estimates.items())
     over_in, over_out = j == len(in_edges), k == len(out_edges)
     above = {"input": int((over_in & ~over_out).sum()), "output": int((over_out & ~over_in).sum()),
              "both": int((over_in & over_out).sum())}
@@ -276,16 +284,19 @@ def compare(requests: pd.DataFrame, estimates: dict[str, Estimate], kind: str | 
                       left_out, None if kind is None or run_total_j is None else float(run_total_j))
 
 
-def _total(name: str, e: Estimate, frame: pd.DataFrame, kind: str | None, run_total_j: float | None) -> EstimatorTotal:
+def _total(name: str, e: Estimate, frame: pd.DataFrame, kind: str | None, run_total_j: float | None,
+           n_finished: int) -> EstimatorTotal:
     est = frame[name].to_numpy(np.float64)
     rec = frame["recorded_j"].to_numpy(np.float64)
     ok = np.isfinite(est)
     est_sum = _sum(est[ok])
     rec_sum = _sum(rec[ok]) if kind is not None else None
     m, med, m_n = mape(est, rec) if kind is not None else (None, None, 0)
-    run_total = run_total_j if kind is not None else None
+    # the whole run against an estimate of part of it would be no comparison: only when every finished request
+    # was estimated
+    whole = kind is not None and e.n_estimated == n_finished
     return EstimatorTotal(name, e.label, e.reason, int(ok.sum()), est_sum, rec_sum, gap(rec_sum, est_sum), m, med,
-                          m_n, e.total_j, gap(run_total, e.total_j), dict(e.assumptions))
+                          m_n, e.total_j, gap(run_total_j, e.total_j) if whole else None, dict(e.assumptions))
 
 
 def _bins(frame: pd.DataFrame, j: np.ndarray, k: np.ndarray, in_edges: tuple[int, ...], out_edges: tuple[int, ...],

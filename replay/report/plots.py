@@ -111,7 +111,7 @@ def plot_power(run: Any, path: Path) -> Plot:
         tl = run.timeline
         for device in tl.devices:
             curves.append((device, tl.times_s[1:], tl.power_w(device), "steps-pre"))
-        what = f"{run.energy_kind or 'measured'} power ({tl.label or 'power.csv'}), mean over each sample interval"
+        what = f"{tl.label or 'measured (power.csv)'}: mean power over each sample interval"
     elif run.energy_kind == "modelled" and len(steps) and "energy_j" in steps.columns:
         # the power model's idle power: the summary's idle energy is idle power x the run's duration, all replicas
         idle_j, duration_s = run.summary.get("energy_idle_j"), run.summary.get("duration_s")
@@ -141,7 +141,7 @@ def plot_power(run: Any, path: Path) -> Plot:
     ax.set_ylabel("power (W)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{title}\n{what}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
     return Plot("power", title, path)
 

@@ -103,8 +103,8 @@ def _totals(c: Comparison) -> Section:
                          _pct(t.mape), _pct(t.median_ape), ""])
     after = []
     if c.run_total_j is not None:
-        parts = [f"{t.estimator} {_j(t.run_estimate_j)} J ({gap_text(t.run_gap)})" for t in c.totals
-                 if t.run_estimate_j is not None]
+        parts = [f"{t.estimator} {_j(t.run_estimate_j)} J ({gap_text(t.run_gap)})" if t.run_gap is not None
+                 else f"{t.estimator} estimated only part of it" for t in c.totals if t.run_estimate_j is not None]
         after.append(f"whole run: {word} {_j(c.run_total_j)} J (time between steps included)"
                      + (": " + ", ".join(parts) if parts else ""))
     if c.left_out:

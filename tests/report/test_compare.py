@@ -96,6 +96,9 @@ def test_an_estimator_that_leaves_some_requests_out_is_compared_over_the_rest():
     t = c.total("x")
     assert t.n == 2 and t.recorded_j == pytest.approx(50.0) and t.estimated_j == pytest.approx(25.0)
     assert t.gap == pytest.approx(1.0) and t.reason == "1 of 3 requests not estimated"
+    # no whole-run gap against an estimate of part of the run
+    c = compare(requests, {"x": est("x", [5.0, np.nan, 20.0])}, "measured", run_total_j=100.0)
+    assert c.total("x").run_estimate_j == pytest.approx(25.0) and c.total("x").run_gap is None
 
 
 def test_an_estimator_that_cannot_estimate_has_no_numbers_and_says_why():

@@ -230,3 +230,23 @@ def test_errors_for_bad_options(runs, tmp_path):
     result = cli("report", runs["modelled"].out, "--theta", tmp_path / "theta.yaml")
     assert result.exit_code == 1 and "Traceback" not in result.output   # (load_theta adds YAML's own lines)
     assert result.stderr.startswith(f"Error: {tmp_path / 'theta.yaml'}: not valid YAML")
+
+
+def test_binned_from_a_sweep_of_static_batches(runs, tmp_path):
+    """--bins-from: a [Na25] static-batch sweep gives the batch energies; binned joins the defaults and estimates
+    the requests of the bins the sweep measured, saying how many it could not."""
+    sweep = cli("sweep", "--engine", "sim", "--grid", "n_in=128,512", "--grid", "n_out=16,128", "--offline",
+                "--batch-size", "8", "--requests", "8", "--out", tmp_path / "sweep")
+    assert sweep.exit_code == 0, sweep.output
+    result = cli("report", runs["modelled"].out, "--bins-from", tmp_path / "sweep", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    doc = strict_json(tmp_path / "r" / "report.json")
+    t = {x["estimator"]: x for x in doc["comparison"]["totals"]}["binned"]
+    per = doc["comparison"]["per_request"]
+    measured_bins = {(128, 16), (128, 128), (512, 16), (512, 128)}
+    inside = [r for r in per if (r["input_bin"], r["output_bin"]) in measured_bins]
+    assert t["requests"] == len(inside) and 0 < len(inside) < len(per)
+    assert all((r["binned"] is not None) == ((r["input_bin"], r["output_bin"]) in measured_bins) for r in per)
+    assert "in a bin without a measured batch" in t["reason"]
+    assert t["run_gap"] is None                      # no whole-run gap against part of the run
+    assert "binned estimated only part of it" in result.output
