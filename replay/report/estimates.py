@@ -9,7 +9,8 @@ Choices (a demanding user's defaults):
   said (the option only names a GPU, and the run had none); a real-engine run on a GPU the platform's name
   where hardware.yaml knows it, else the run's ``gpu`` option. ``gpu=`` overrides all of it. The report always
   says which hardware the estimates assumed and why.
-- Model: config.yaml's ``model`` (a shipped name or a config directory), else the resolved engine's.
+- Model: config.yaml's ``model`` (a shipped name or a config directory), else (missing, or a relative directory
+  not found from here) the resolved engine's.
 - Default estimators: flops and roofline ([Na25] theoretical; the ideal roofline at the run's own batches);
   with ``theta`` the [SS26] form it was fitted for (sweetspot for eq5, sweetspot-flops for eq4, b1..b4),
   without it sweetspot where [SS26] Table 5 has the model; binned where batch energies are given.
@@ -80,10 +81,15 @@ def run_context(run: RunData, theta: Theta | None = None, batch_energies: pd.Dat
                 peak: str = "dense", gpu: str | None = None) -> tuple[EstimateContext, Assumed]:
     """The estimator context of ``run`` (its model, the hardware chosen as the module docstring says, dtype, tp,
     its steps for the roofline) and what it assumes."""
-    name = run.config.get("model") or run.engine.get("model")
-    if not name:
+    names = [str(n) for n in (run.config.get("model"), run.engine.get("model")) if n]
+    if not names:
         raise ValueError(f"{run.name}: config.yaml: missing key 'model'; the estimates need the run's model")
-    spec = model(str(name))
+    try:
+        spec = model(names[0])
+    except ValueError:
+        if len(names) == 1 or names[1] == names[0]:
+            raise
+        spec = model(names[1])   # e.g. a relative model directory; the engine recorded where it resolved it
     hw, why = _hardware(run, gpu)
     dtype = run.config.get("dtype") or None
     tp = int(run.config.get("tp") or 1)

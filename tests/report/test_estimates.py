@@ -97,3 +97,13 @@ def test_estimates_of_the_requests_and_one_that_raises_becomes_its_reason(monkey
     assert out["sweetspot"].per_request_j == pytest.approx(want)
     assert out["b1"].total_j is None and np.isnan(out["b1"].per_request_j).all()
     assert out["b1"].reason == "the model lacks a shape this estimator needs"
+
+
+def test_a_model_directory_not_found_from_here_falls_back_to_where_the_engine_resolved_it():
+    from replay.specs import MODELS_DIR
+    resolved = str(MODELS_DIR / "tiny-llama")
+    ctx, _ = run_context(run({"model": "some/relative/dir", "gpu": "h100-sxm"},
+                             {"engine": "vllm", "platform": "cpu", "model": resolved}))
+    assert ctx.model.hidden_size == 128
+    with pytest.raises(ValueError, match="some/relative/dir"):
+        run_context(run({"model": "some/relative/dir", "gpu": "h100-sxm"}))
