@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from replay import specs
 from replay.engines.sim.perf import SHAPE_COLUMNS, fit_perf, save_perf
 from replay.estimate.forms import FORM_TERMS, FORM_TITLES, FORMS, Theta, fit, kfold, save_theta
-from replay import specs
+from replay.files import read_jsonl, read_yaml
 
 __all__ = [
     "EnergyPoints", "FormCalibration", "FormFit", "calibrate_forms", "calibrate_perf", "energy_points",
@@ -34,10 +34,7 @@ def _run_config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path) or {}
     return data if isinstance(data, dict) else {}
 
 
@@ -157,19 +154,11 @@ def _read_requests(run_dir: Path) -> pd.DataFrame:
     path = run_dir / "requests.jsonl"
     if not path.exists():
         raise ValueError(f"{run_dir}: no requests.jsonl (is it a run directory?)")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
-            for key in _REQUEST_FIELDS:
-                if key not in row:
-                    raise ValueError(f"{path}:{number}: missing field {key!r}")
-            rows.append(row)
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, 1):
+        missing = [key for key in _REQUEST_FIELDS if key not in row]
+        if missing:
+            raise ValueError(f"{path}: record {number}: missing field {missing[0]!r}")
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*_REQUEST_FIELDS, "generated_tokens", "id"])
     frame.attrs["path"] = str(path)
     return frame

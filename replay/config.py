@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from replay.arrivals import OFFLINE, ONLINE, PROCESSES
+from replay.files import read_yaml
 
 __all__ = ["ENGINES", "METER_CHOICES", "RunConfig", "load_config"]
 
@@ -155,10 +154,7 @@ class RunConfig:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML run config (validated later, with the command line's options on top)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

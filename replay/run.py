@@ -28,6 +28,7 @@ from replay.energy.attribution import FlopCoefficients, attribute
 from replay.energy.meters import choose_meter, default_meters, gpus_in_use, measure_idle
 from replay.engines.sim.engine import SimEngine
 from replay.engines.sim.perf import PerfModel, load_perf
+from replay.files import read_jsonl
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
 from replay.server import Recorder, Router, ServerLoop, run_clock
 from replay.specs import hardware, model
@@ -283,22 +284,9 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
 def _read_records(path: Path) -> pd.DataFrame:
     """A JSON Lines record file of an interrupted run; a last line cut short by the interruption is dropped
     (and cut from the file, so appending goes on cleanly)."""
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.exists():
         return pd.DataFrame()
-    raw = path.read_bytes()
-    if not raw.endswith(b"\n"):
-        raw = raw[:raw.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(raw))
-    if not raw:
-        return pd.DataFrame()
-    rows = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_jsonl(path, cut_last=True))
 
 
 def _environment(config: RunConfig, start_s: float) -> simpy.Environment:

@@ -82,3 +82,23 @@ def aware_ns(text: str) -> int:
     dt = datetime.fromisoformat(text)
     assert dt.tzinfo is not None
     return _td_ns(dt - EPOCH_UTC)
+
+
+def interrupt_after(monkeypatch, records: int, call):
+    """Run ``call()`` as a user would stop it: Ctrl-C (KeyboardInterrupt) once ``records`` request records have
+    been written; the run's own code is untouched, only the recorder is wrapped, and unwrapped afterwards."""
+    import replay.server
+    original, seen = replay.server.Recorder.request, {"n": 0}
+
+    def request(self, record):
+        if seen["n"] == records:
+            raise KeyboardInterrupt
+        seen["n"] += 1
+        original(self, record)
+
+    monkeypatch.setattr(replay.server.Recorder, "request", request)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call()
+    finally:
+        monkeypatch.setattr(replay.server.Recorder, "request", original)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import DATA, TRACES
+from conftest import DATA, TRACES, interrupt_after
 from replay.arrivals import UNTIMED_MESSAGE
 from replay.config import RunConfig
 from replay.engines.sim.engine import NON_TORCH_BYTES, SimEngine, kv_budget
@@ -323,21 +323,8 @@ def test_mooncake_with_prefix_caching_hits(source, request):
 
 def interrupted_run(tmp_path, monkeypatch, after: int, **options):
     """A run stopped by Ctrl-C (KeyboardInterrupt) after ``after`` request records, as a user would stop it."""
-    import replay.server
     config = RunConfig(trace=str(TRACES / "chat.jsonl"), limit=300, out=str(tmp_path / "run"), **options)
-    original = replay.server.Recorder.request
-    count = {"n": 0}
-
-    def request(self, record):
-        if count["n"] == after:
-            raise KeyboardInterrupt
-        count["n"] += 1
-        original(self, record)
-
-    monkeypatch.setattr(replay.server.Recorder, "request", request)
-    with pytest.raises(KeyboardInterrupt):
-        execute(config, progress=False)
-    monkeypatch.setattr(replay.server.Recorder, "request", original)
+    interrupt_after(monkeypatch, after, lambda: execute(config, progress=False))
     return config
 
 

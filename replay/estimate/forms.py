@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from replay.files import read_yaml
+
 __all__ = [
     "FORMS", "FORM_TERMS", "FORM_TITLES", "PRESETS", "HeldOut", "Theta", "features", "fit", "kfold",
     "load_theta", "mape", "predict_e_tok", "preset", "save_theta", "sweet_spot_n_out",
@@ -324,12 +326,7 @@ def save_theta(theta: Theta, path) -> None:
 def load_theta(path) -> Theta:
     """Read a theta YAML written by ``save_theta`` (or by hand); a bad file raises ValueError naming file and key."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML: {exc}") from None
+    data = read_yaml(p)
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping with keys form, theta, source")
     known = {"form", "theta", "terms", "model", "hardware", "source", "fit"}

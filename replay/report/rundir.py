@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from replay.energy.timeline import EnergyTimeline
+from replay.files import read_jsonl, read_yaml
 
 __all__ = ["RunData", "energy_kind", "from_result", "load_run"]
 
@@ -78,19 +78,7 @@ def _records(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise ValueError(f"{path}: missing; a run directory holds config.yaml, steps.jsonl, requests.jsonl and "
                          "summary.json")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_jsonl(path))
 
 
 def _require(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
@@ -115,12 +103,7 @@ def load_run(run_dir: str | Path) -> RunData:
     cfg_path = path / "config.yaml"
     if not cfg_path.exists():
         raise ValueError(f"{path}: no config.yaml: not a run directory (replay run --out DIR writes one)")
-    try:
-        config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ValueError(f"{cfg_path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    config = read_yaml(cfg_path)
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path}: expected a mapping of option: value")
     sum_path = path / "summary.json"

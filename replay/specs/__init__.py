@@ -24,7 +24,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from replay.files import read_yaml
+
 
 SPECS_DIR = Path(__file__).resolve().parent
 HARDWARE_FILE = SPECS_DIR / "hardware.yaml"
@@ -133,10 +134,7 @@ def _hardware_entry(path: Path, key: str, raw: Any) -> Hardware:
 def load_hardware(path: str | Path = HARDWARE_FILE) -> dict[str, Hardware]:
     """Read and validate a hardware YAML file (top-level ``devices:`` mapping key -> fields)."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    doc = read_yaml(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("devices"), dict) or not doc["devices"]:
         raise ValueError(f"{path}: expected a top-level 'devices:' mapping of device entries")
     return {str(key).lower(): _hardware_entry(path, str(key), raw) for key, raw in doc["devices"].items()}

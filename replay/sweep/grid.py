@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from replay.config import RunConfig
+from replay.files import read_yaml
 
 __all__ = ["DONE", "FAILED", "INTERRUPTED", "LENGTH_AXES", "PENDING", "SS26_LENGTHS", "SYNTHETIC", "Axis", "Point",
            "SweepSpec", "grid_keys", "load_sweep", "make_sweep", "parse_axis", "point_state"]
@@ -272,11 +273,7 @@ def load_sweep(out: str | Path) -> SweepSpec:
     path = Path(out) / SPEC_FILE
     if not path.exists():
         raise ValueError(f"{out}: no {SPEC_FILE}: not a sweep directory")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    return spec_from_dict(data, out, str(path))
+    return spec_from_dict(read_yaml(path), out, str(path))
 
 
 def save_or_check(spec: SweepSpec) -> None:

@@ -26,7 +26,7 @@ if importlib.util.find_spec("vllm") is None:
 
 import simpy.rt  # noqa: E402
 
-from conftest import TRACES  # noqa: E402
+from conftest import TRACES, interrupt_after  # noqa: E402
 from replay.engines.base import Step  # noqa: E402
 from replay.engines.vllm import VllmEngine, prompt_token_ids  # noqa: E402
 from replay.run import simulate  # noqa: E402
@@ -376,7 +376,6 @@ def test_measured_run_end_to_end_with_a_faked_nvml(engines, tmp_path):
 def test_interrupted_online_run_resumes_to_the_same_finished_requests(engines, tmp_path, monkeypatch):
     """`replay run --engine vllm` stopped by Ctrl-C after 8 requests, then `--resume`: every request of the
     window finished exactly once with all its tokens, the 8 kept as they were, the same set as a whole run."""
-    import replay.server
     from replay.config import RunConfig
     from replay.run import execute, resume
     engines.close()  # one vLLM engine per process: the runs make their own
@@ -384,18 +383,7 @@ def test_interrupted_online_run_resumes_to_the_same_finished_requests(engines, t
     config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="vllm", model="tiny-llama", duration_s=20.0,
                        speedup=4.0, max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=MAX_BATCHED, meter="none",
                        idle_s=0.0, out=str(out))
-    original, seen = replay.server.Recorder.request, {"n": 0}
-
-    def request(self, record):
-        if seen["n"] == 8:
-            raise KeyboardInterrupt
-        seen["n"] += 1
-        original(self, record)
-
-    monkeypatch.setattr(replay.server.Recorder, "request", request)
-    with pytest.raises(KeyboardInterrupt):
-        execute(config, progress=False)
-    monkeypatch.setattr(replay.server.Recorder, "request", original)
+    interrupt_after(monkeypatch, 8, lambda: execute(config, progress=False))
     kept = (out / "requests.jsonl").read_text().splitlines()
     assert len(kept) == 8 and not (out / "summary.json").exists()
     resumed = resume(out, progress=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TRACES
+from conftest import TRACES, interrupt_after
 from replay.config import RunConfig
 from replay.run import execute
 from replay.sweep import SYNTHETIC, load_sweep, make_sweep, point_state, resume_sweep, run_sweep
@@ -92,20 +92,8 @@ def test_a_sweep_stopped_between_points_goes_on_to_the_same_table(tmp_path, monk
 
 
 def test_a_point_interrupted_mid_run_is_resumed_not_restarted(tmp_path, monkeypatch):
-    import replay.server
     spec = synthetic(tmp_path / "sw", requests=30)
-    original, seen = replay.server.Recorder.request, {"n": 0}
-
-    def request(self, record):  # Ctrl-C after 40 request records: point 1 has 10 of its 30
-        if seen["n"] == 40:
-            raise KeyboardInterrupt
-        seen["n"] += 1
-        original(self, record)
-
-    monkeypatch.setattr(replay.server.Recorder, "request", request)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec)
-    monkeypatch.setattr(replay.server.Recorder, "request", original)
+    interrupt_after(monkeypatch, 40, lambda: run_sweep(spec))  # point 1 has 10 of its 30
     cut = Path(spec.points()[1].config.out)
     assert point_state(cut) == "interrupted"
     kept = (cut / "requests.jsonl").read_text().splitlines()

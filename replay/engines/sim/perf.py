@@ -52,6 +52,7 @@ import yaml
 
 from replay.engines.base import StepShape
 from replay.estimate.counting import coefficients, kv_bytes_per_token
+from replay.files import read_yaml
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -421,12 +422,7 @@ def save_perf(path: str | Path, fit_or_params: PerfFit | PerfParams, meta: dict 
 def load_perf(path: str | Path) -> PerfParams:
     """Read the ``perf_params`` of a file written by ``save_perf``; errors name the file and the key."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    doc = read_yaml(path)
     if not isinstance(doc, dict) or "perf_params" not in doc:
         raise ValueError(f"{path}: missing key 'perf_params' (expected a file written by save_perf)")
     try:

@@ -1,0 +1,54 @@
+"""Reading the project's YAML and JSON Lines files with one-line errors that name the file, the line and what is
+wrong (run configs, fitted parameters, sweep specs, run records), so every reader says it the same way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["read_jsonl", "read_yaml"]
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The data in a YAML file; a file that cannot be read or parsed raises ValueError in one line:
+    ``FILE: not valid YAML (line L, column C): PROBLEM``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def read_jsonl(path: str | Path, *, cut_last: bool = False) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file, blank lines skipped; a bad line raises ValueError naming ``FILE:LINE``.
+
+    ``cut_last``: a last line without its newline (a run interrupted mid-write) is dropped, and cut from the file
+    so that appending goes on cleanly (resuming a run)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if cut_last and raw and not raw.endswith(b"\n"):
+        raw = raw[:raw.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(raw))
+    rows = []
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
