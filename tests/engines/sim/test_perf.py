@@ -4,6 +4,7 @@ the fit recovering known parameters from synthetic steps."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -206,6 +207,25 @@ def test_fit_recovers_known_parameters():
     assert got.overhead_s == pytest.approx(TRUE.overhead_s, rel=0.15)
     assert got.per_seq_s == pytest.approx(TRUE.per_seq_s, rel=0.25)
     assert fit.mape < 3.5 and fit.median_ape < 3.5 and fit.holdout_mape < 4.0   # 3% lognormal noise: ~2.4%
+
+
+def test_fit_recovers_a_prefill_step_overhead():
+    """A fixed cost on steps that hold a prompt chunk (as on vLLM's CPU build, about 2 ms) is fitted; with the
+    default 0 it adds nothing, so steps without a prefill are unchanged."""
+    true = replace(TRUE, prefill_overhead_s=2.0e-3)
+    steps = synthetic_steps(600, seed=3)
+    assert (steps["prefill_tokens"] > 0).any() and (steps["prefill_tokens"] == 0).any()
+    fit = fit_perf(with_durations(steps, PerfModel(LLAMA8, H100, params=true), noise=0.02), LLAMA8, H100)
+    assert fit.params.prefill_overhead_s == pytest.approx(2.0e-3, rel=0.15)
+    assert fit.params.overhead_s == pytest.approx(TRUE.overhead_s, rel=0.15)
+    with_cost, without = PerfModel(LLAMA8, H100, params=true), PerfModel(LLAMA8, H100, params=TRUE)
+    pre = steps["prefill_tokens"].to_numpy() > 0
+    diff = with_cost.step_times_s(steps) - without.step_times_s(steps)
+    assert np.allclose(diff[pre], 2.0e-3) and (diff[~pre] == 0).all()
+    row = steps[pre].iloc[0]
+    assert with_cost.step_time_s(**{c: row[c] for c in SHAPE_COLUMNS}) == pytest.approx(
+        without.step_time_s(**{c: row[c] for c in SHAPE_COLUMNS}) + 2.0e-3, rel=1e-12)
+    assert fit_perf(with_durations(steps, without, noise=0.0), LLAMA8, H100).params.prefill_overhead_s < 1e-5
 
 
 def test_fit_noise_free_is_near_exact():
