@@ -155,11 +155,7 @@ def _read_requests(run_dir: Path) -> pd.DataFrame:
     path = run_dir / "requests.jsonl"
     if not path.exists():
         raise ValueError(f"{run_dir}: no requests.jsonl (is it a run directory?)")
-    rows = read_jsonl(path)
-    for number, row in enumerate(rows, 1):
-        missing = [key for key in _REQUEST_FIELDS if key not in row]
-        if missing:
-            raise ValueError(f"{path}: record {number}: missing field {missing[0]!r}")
+    rows = read_jsonl(path, required=_REQUEST_FIELDS)
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*_REQUEST_FIELDS, "generated_tokens", "id"])
     frame.attrs["path"] = str(path)
     return frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -29,8 +29,9 @@ def read_yaml(path: str | Path) -> Any:
         raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
-def read_jsonl(path: str | Path, *, cut_last: bool = False) -> list[dict[str, Any]]:
-    """The objects of a JSON Lines file, blank lines skipped; a bad line raises ValueError naming ``FILE:LINE``.
+def read_jsonl(path: str | Path, *, cut_last: bool = False, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file, blank lines skipped; a bad line, or one without a ``required`` field,
+    raises ValueError naming ``FILE:LINE``.
 
     ``cut_last``: a last line without its newline (a run interrupted mid-write) is dropped, and cut from the file
     so that appending goes on cleanly (resuming a run)."""
@@ -50,5 +51,8 @@ def read_jsonl(path: str | Path, *, cut_last: bool = False) -> list[dict[str, An
             raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
         rows.append(row)
     return rows
