@@ -102,3 +102,44 @@ def interrupt_after(monkeypatch, records: int, call):
             call()
     finally:
         monkeypatch.setattr(replay.server.Recorder, "request", original)
+
+
+class ClockedNvml:
+    """A faked NVML boundary for whole runs (this machine has no GPU): one GPU whose total-energy counter rises
+    at ``idle_w`` watts of wall time plus ``per_cpu_w`` watts per second of this process's CPU time (so it reads
+    more while the engine computes)."""
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_NotSupported(NVMLError):  # noqa: N801 (pynvml's name)
+        pass
+
+    def __init__(self, idle_w: float, per_cpu_w: float = 0.0, name: str = "Fake GPU"):
+        import time
+        self.idle_w, self.per_cpu_w, self.name = idle_w, per_cpu_w, name
+        self._time = time
+        self.t0, self.cpu0 = time.monotonic(), time.process_time()
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, handle):
+        return self.name
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        t = self._time
+        joules = self.idle_w * (t.monotonic() - self.t0) + self.per_cpu_w * (t.process_time() - self.cpu0)
+        return int(1000 * joules)  # mJ
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return int(1000 * self.idle_w)  # mW

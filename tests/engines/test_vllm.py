@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -26,7 +25,7 @@ if importlib.util.find_spec("vllm") is None:
 
 import simpy.rt  # noqa: E402
 
-from conftest import TRACES, interrupt_after  # noqa: E402
+from conftest import TRACES, ClockedNvml, interrupt_after  # noqa: E402
 from replay.engines.base import Step  # noqa: E402
 from replay.engines.vllm import VllmEngine, prompt_token_ids  # noqa: E402
 from replay.run import simulate  # noqa: E402
@@ -313,40 +312,6 @@ def test_preemption_by_recompute_is_accounted(engines):
     assert all(s.kv_blocks_used <= 8 for s in steps)
 
 
-class FiftyWattGpu:
-    """A faked NVML boundary (this machine has no GPU): one GPU whose total-energy counter rises at 50 W."""
-
-    class NVMLError(Exception):
-        pass
-
-    class NVMLError_NotSupported(NVMLError):  # noqa: N801 (pynvml's name)
-        pass
-
-    def __init__(self):
-        self.t0 = time.monotonic()
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlShutdown(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return i
-
-    def nvmlDeviceGetName(self, handle):
-        return "Fake 50 W GPU"
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
-        return int(50_000 * (time.monotonic() - self.t0))  # mJ
-
-    def nvmlDeviceGetPowerUsage(self, handle):
-        return 50_000  # mW
-
-
 def test_measured_run_end_to_end_with_a_faked_nvml(engines, tmp_path):
     """`replay run --engine vllm` with NVML faked at 50 W: idle measured first, power.csv written, every
     request's energy attributed by tokens and by FLOPs, the shares adding up to the step energies."""
@@ -356,7 +321,7 @@ def test_measured_run_end_to_end_with_a_faked_nvml(engines, tmp_path):
     out = tmp_path / "run"
     config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="vllm", model="tiny-llama", duration_s=8.0,
                        max_model_len=MAX_MODEL_LEN, idle_s=0.3, meter_period_s=0.01, out=str(out))
-    result = execute(config, progress=False, hardware_boundary={"nvml": FiftyWattGpu()})
+    result = execute(config, progress=False, hardware_boundary={"nvml": ClockedNvml(50.0, name="Fake 50 W GPU")})
     s = result.summary
     assert s.energy_source is not None and "nvml" in s.energy_source
     assert s.energy_total_j == pytest.approx(50.0 * s.duration_s, rel=0.1)

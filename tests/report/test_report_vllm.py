@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import time
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,7 @@ if importlib.util.find_spec("vllm") is None:
 
 from click.testing import CliRunner  # noqa: E402
 
-from conftest import TRACES  # noqa: E402
+from conftest import TRACES, ClockedNvml  # noqa: E402
 from replay.cli import main  # noqa: E402
 from replay.config import RunConfig  # noqa: E402
 from replay.report import build_report, short_report, write_report  # noqa: E402
@@ -38,42 +37,6 @@ from test_report_cli import assert_self_contained, strict_json  # noqa: E402
 IDLE_W, PER_CPU_W = 20.0, 60.0
 
 
-class BusyGpu:
-    """A faked NVML boundary (no GPU here): one GPU whose total-energy counter rises at IDLE_W plus PER_CPU_W per
-    second of this process's CPU time, so it reads more while the engine computes."""
-
-    class NVMLError(Exception):
-        pass
-
-    class NVMLError_NotSupported(NVMLError):  # noqa: N801 (pynvml's name)
-        pass
-
-    def __init__(self):
-        self.t0, self.cpu0 = time.monotonic(), time.process_time()
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlShutdown(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return i
-
-    def nvmlDeviceGetName(self, handle):
-        return "Fake busy GPU"
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
-        joules = IDLE_W * (time.monotonic() - self.t0) + PER_CPU_W * (time.process_time() - self.cpu0)
-        return int(1000 * joules)  # mJ
-
-    def nvmlDeviceGetPowerUsage(self, handle):
-        return int(1000 * IDLE_W)  # mW
-
-
 def config(out, **kw) -> RunConfig:
     return RunConfig(trace=str(TRACES / "chat.jsonl"), engine="vllm", model="tiny-llama", duration_s=10.0,
                      speedup=2.0, max_model_len=4096, out=str(out), **kw)
@@ -83,7 +46,7 @@ def config(out, **kw) -> RunConfig:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm-report")
     measured = execute(config(root / "measured", idle_s=0.5, meter_period_s=0.02), progress=False,
-                       hardware_boundary={"nvml": BusyGpu()})
+                       hardware_boundary={"nvml": ClockedNvml(IDLE_W, PER_CPU_W, "Fake busy GPU")})
     unmeasured = execute(config(root / "unmeasured", meter="none", idle_s=0.0), progress=False)
     return {"measured": measured, "unmeasured": unmeasured}
 
