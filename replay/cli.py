@@ -298,6 +298,14 @@ def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, 
     return RunConfig.from_dict(data, where=config_file or "options")
 
 
+def _resume_alone(ctx: click.Context, allowed: tuple[str, ...], what: str) -> None:
+    """--resume goes on with what the directory recorded: any other option given is a usage error naming it."""
+    given = [p.name for p in ctx.command.params if p.name not in allowed
+             and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"--resume takes {what}: drop {', '.join(given)}")
+
+
 def _default_out(trace: str, what: str) -> str:
     return str(Path("runs") / f"{Path(trace).stem}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -326,10 +334,7 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
       replay run --resume runs/chat-sim-20261121-101500
     """
     if resume_dir is not None:
-        given = [p.name for p in ctx.command.params if p.name not in ("resume_dir", "quiet")
-                 and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
-        if given:
-            raise click.UsageError(f"--resume takes the run's own config.yaml: drop {', '.join(given)}")
+        _resume_alone(ctx, ("resume_dir", "quiet"), "the run's own config.yaml")
         out = resume_dir
     else:
         config, choices = choose_engine(_run_config(ctx, trace, config_file, online, options, None))
@@ -448,10 +453,7 @@ def sweep_cmd(ctx, trace, grid, requests, ray_address, resume_dir, config_file, 
     from replay.sweep import SYNTHETIC, format_table, make_sweep, resume_sweep, run_sweep
 
     if resume_dir is not None:
-        given = [p.name for p in ctx.command.params if p.name not in ("resume_dir", "ray_address")
-                 and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
-        if given:
-            raise click.UsageError(f"--resume takes the sweep's own sweep.yaml: drop {', '.join(given)}")
+        _resume_alone(ctx, ("resume_dir", "ray_address"), "the sweep's own sweep.yaml")
         out = resume_dir
     else:
         file = load_config(config_file) if config_file else {}

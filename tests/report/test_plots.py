@@ -36,8 +36,10 @@ def assert_png(path) -> tuple[int, int]:
     return width, height
 
 
-def sim_run(root, name, **kw):
-    config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="sim", duration_s=20.0, out=str(root / name), **kw)
+def sim_run(root, name, duration_s=20.0, **kw):
+    """A simulated run of the chat trace's first ``duration_s`` seconds, written to ``root / name``."""
+    config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="sim", duration_s=duration_s, out=str(root / name),
+                       **kw)
     return execute(config, progress=False)
 
 

@@ -16,27 +16,22 @@ from click.testing import CliRunner
 
 from conftest import TRACES
 from replay.cli import main
-from replay.config import RunConfig
 from replay.estimate import EstimateContext, estimate
 from replay.estimate.forms import Theta, save_theta
 from replay.report.text import short_report
-from replay.run import execute
 from replay.specs import hardware, model
+from test_plots import sim_run
 
 
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def sim_run(root, name, **kw):
-    config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="sim", duration_s=30.0, out=str(root / name), **kw)
-    return execute(config, progress=False)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    return {"modelled": sim_run(root, "modelled"), "unmeasured": sim_run(root, "unmeasured", meter="none")}
+    return {"modelled": sim_run(root, "modelled", duration_s=30.0),
+            "unmeasured": sim_run(root, "unmeasured", duration_s=30.0, meter="none")}
 
 
 def strict_json(path):
