@@ -32,7 +32,7 @@ from replay.files import read_jsonl
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
 from replay.server import Recorder, Router, ServerLoop, run_clock
 from replay.specs import hardware, model
-from replay.trace import read_trace
+from replay.trace import ReadOptions, read_trace
 from replay.trace.schema import Workload
 
 __all__ = ["RUN_FILES", "RunResult", "build_engines", "choose_engine", "execute", "prepare_workload", "resume",
@@ -196,7 +196,7 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
             notes.append(f"model: {config.model} with dummy weights ({'an NVIDIA GPU' if gpu else 'no NVIDIA GPU'}"
                          " here; --model to choose)")
         if not gpu and config.start_s is None and config.duration_s is None and config.limit is None:
-            if read_trace(config.trace).timed:
+            if read_trace(config.trace, ReadOptions(limit=1)).timed:  # timed on every line or on none
                 config, first = replace(config, duration_s=CPU_WINDOW_S), f"first {CPU_WINDOW_S:g} s"
             else:
                 config, first = replace(config, limit=CPU_LIMIT), f"first {CPU_LIMIT} requests"
