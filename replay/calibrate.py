@@ -10,11 +10,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +21,7 @@ from replay import specs
 from replay.engines.sim.perf import SHAPE_COLUMNS, fit_perf, save_perf
 from replay.estimate.forms import FORM_TERMS, FORM_TITLES, FORMS, Theta, fit, kfold, save_theta
 from replay.files import read_jsonl, read_yaml
+from replay.report.rundir import energy_kind, not_measured_reason, read_summary
 
 __all__ = [
     "EnergyPoints", "FormCalibration", "FormFit", "calibrate_forms", "calibrate_perf", "energy_points",
@@ -119,27 +118,16 @@ class EnergyPoints:
     notes: tuple[str, ...] = ()
 
 
-def _summary_energy(run_dir: Path) -> tuple[str, dict[str, Any]]:
+def _summary_energy(run_dir: Path) -> str:
     """The run's energy label from summary.json; a run without measured or modelled energy is an error that
     says why it was not measured."""
-    path = run_dir / "summary.json"
-    if not path.exists():
-        raise ValueError(f"{run_dir}: no summary.json, so whether its energy was measured is unknown (an "
-                         f"interrupted run? finish it with: replay run --resume {run_dir})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc.msg}") from None
-    summary = data.get("summary") if isinstance(data, dict) else None
-    if not isinstance(summary, dict) or "energy_source" not in summary:
-        raise ValueError(f"{path}: missing key 'summary.energy_source'")
-    source = summary["energy_source"]
-    if source is None:
-        meter = data.get("meter") if isinstance(data.get("meter"), dict) else {}
-        reason = summary.get("energy_not_measured_reason") or meter.get("reason") or "no reason recorded"
-        raise ValueError(f"{run_dir}: energy not measured ({reason}): the energy forms need per-request energy; "
-                         f"replay the trace with a meter (--meter auto, nvml or rapl) or on the simulated engine")
-    return str(source), data
+    doc = read_summary(run_dir)
+    source = doc["summary"]["energy_source"]
+    if energy_kind(source) is None:
+        raise ValueError(f"{run_dir}: energy not measured ({not_measured_reason(doc)}): the energy forms need "
+                         f"per-request energy; replay the trace with a meter (--meter auto, nvml or rapl) or on the "
+                         f"simulated engine")
+    return str(source)
 
 
 def _run_setting(run_dir: Path) -> tuple[str | None, str | None]:
@@ -213,12 +201,11 @@ def energy_points(run_dirs: list[str | Path]) -> EnergyPoints:
     dirs, notes = _expand_sweeps(run_dirs)
     frames, sources, settings, excluded = [], {}, {}, {}
     for d in dirs:
-        source, _ = _summary_energy(d)
-        sources[str(d)] = source
+        sources[str(d)] = _summary_energy(d)
         settings[str(d)] = _run_setting(d)
         raw = _read_requests(d)
         frames.append(_finished_with_energy(raw, raw.attrs["path"], excluded))
-    kinds = {str(d): sources[str(d)].startswith("modelled") for d in dirs}
+    kinds = {str(d): energy_kind(sources[str(d)]) == "modelled" for d in dirs}
     if len(set(kinds.values())) > 1:
         modelled = [d for d, m in kinds.items() if m]
         measured = [d for d, m in kinds.items() if not m]

@@ -21,7 +21,7 @@ import pandas as pd
 from replay.energy.timeline import EnergyTimeline
 from replay.files import read_jsonl, read_yaml
 
-__all__ = ["RunData", "energy_kind", "from_result", "load_run"]
+__all__ = ["RunData", "energy_kind", "from_result", "load_run", "not_measured_reason", "read_summary"]
 
 ENERGY_KINDS = ("measured", "modelled")
 
@@ -51,8 +51,7 @@ class RunData:
         """Why there is no energy, for a run without it (never None then)."""
         if self.energy_kind is not None:
             return None
-        meter = self.doc.get("meter") if isinstance(self.doc.get("meter"), dict) else {}
-        return self.summary.get("energy_not_measured_reason") or meter.get("reason") or "no reason recorded"
+        return not_measured_reason(self.doc)
 
     @property
     def engine(self) -> dict[str, Any]:
@@ -71,6 +70,32 @@ def energy_kind(source: str | None) -> str | None:
     if source is None:
         return None
     return "modelled" if str(source).lower().startswith("modelled") else "measured"
+
+
+def not_measured_reason(doc: dict[str, Any]) -> str:
+    """Why a run's energy was not measured, from its summary.json document (the summary's reason, else the
+    meter's); never empty."""
+    summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
+    meter = doc.get("meter") if isinstance(doc.get("meter"), dict) else {}
+    return summary.get("energy_not_measured_reason") or meter.get("reason") or "no reason recorded"
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's summary.json, checked to hold the ``summary`` mapping with its ``energy_source``. Raises
+    ValueError naming the file for a broken one, or the directory (with how to finish it) when there is none."""
+    path = Path(run_dir)
+    sum_path = path / "summary.json"
+    if not sum_path.exists():
+        raise ValueError(f"{path}: no summary.json: the run did not finish; go on with: replay run --resume {path}")
+    try:
+        doc = json.loads(sum_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{sum_path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("summary"), dict):
+        raise ValueError(f"{sum_path}: missing key 'summary' (the run's serving and energy summary)")
+    if "energy_source" not in doc["summary"]:
+        raise ValueError(f"{sum_path}: missing key 'summary.energy_source'")
+    return doc
 
 
 def _records(path: Path) -> pd.DataFrame:
@@ -106,18 +131,8 @@ def load_run(run_dir: str | Path) -> RunData:
     config = read_yaml(cfg_path)
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path}: expected a mapping of option: value")
-    sum_path = path / "summary.json"
-    if not sum_path.exists():
-        raise ValueError(f"{path}: no summary.json: the run did not finish; go on with: replay run --resume {path}")
-    try:
-        doc = json.loads(sum_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{sum_path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("summary"), dict):
-        raise ValueError(f"{sum_path}: missing key 'summary' (the run's serving and energy summary)")
+    doc = read_summary(path)
     summary = doc["summary"]
-    if "energy_source" not in summary:
-        raise ValueError(f"{sum_path}: missing key 'summary.energy_source'")
     requests = _records(path / "requests.jsonl")
     _require(requests, path / "requests.jsonl", REQUEST_FIELDS)
     steps = _records(path / "steps.jsonl")
