@@ -23,7 +23,7 @@ import simpy.rt
 import yaml
 
 from replay import arrivals
-from replay.config import RunConfig
+from replay.config import RunConfig, load_config
 from replay.energy.attribution import FlopCoefficients, attribute
 from replay.energy.meters import choose_meter, default_meters, gpus_in_use, measure_idle
 from replay.engines.sim.engine import SimEngine
@@ -255,7 +255,7 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
         raise ValueError(f"{out}: no config.yaml: not a run directory")
     if (out / "summary.json").exists():
         raise ValueError(f"{out}: the run is complete (summary.json is there): nothing to resume")
-    data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+    data = load_config(out / "config.yaml")
     data.pop("resolved_engine", None)
     choices = data.pop("choices", None) or []
     config, workload, params = _resolve(RunConfig.from_dict(data, where=str(out / "config.yaml")))

@@ -283,7 +283,8 @@ def save_or_check(spec: SweepSpec) -> None:
     path = out / SPEC_FILE
     wanted = yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))  # as it reads back
     if path.exists():
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        old = read_yaml(path)
+        old = old if isinstance(old, dict) else {}
         if old != wanted or list(old.get("grid") or {}) != list(wanted["grid"]):
             raise ValueError(f"{path} records another sweep ({_difference(old, wanted)}); choose another --out, "
                              f"or go on with that sweep: replay sweep --resume {out}")

@@ -30,9 +30,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from replay.config import RunConfig
+from replay.config import RunConfig, load_config
 from replay.run import prepare_workload
 from replay.sweep.grid import ERROR_FILE, SweepSpec, load_sweep, point_state
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS
@@ -101,7 +100,7 @@ def _summary(out: Path) -> dict[str, Any]:
 def _run_config(out: Path) -> RunConfig:
     """The resolved configuration a run recorded in its config.yaml (its other keys, such as the engine's
     sizing, are the run's own business)."""
-    data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+    data = load_config(out / "config.yaml")
     known = {f.name for f in fields(RunConfig)}
     return RunConfig.from_dict({k: v for k, v in data.items() if k in known}, where=str(out / "config.yaml"))
 
