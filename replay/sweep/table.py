@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from replay.config import RunConfig, load_config
+from replay.files import read_jsonl
 from replay.run import prepare_workload
 from replay.sweep.grid import ERROR_FILE, SweepSpec, load_sweep, point_state
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS
@@ -118,8 +119,7 @@ def _batch_energy(out: Path, measured: bool) -> tuple[int | None, float | None]:
     if not measured:
         return full, None
     energy: dict[str, float] = {}
-    for line in (out / "requests.jsonl").read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(out / "requests.jsonl", required=("id",)):
         if record.get("status") == "finished" and record.get("energy_j") is not None:
             energy[str(record["id"])] = float(record["energy_j"])
     sums = []
