@@ -72,9 +72,7 @@ def results_table(sweep: SweepSpec | str | Path) -> pd.DataFrame:
         row["error"] = _first_line(out / ERROR_FILE) if state == "failed" else None
         summary = _summary(out) if state == "done" else {}
         row.update({name: summary.get(name) for name in METRICS})
-        tokens = summary.get("total_output_tokens")
-        total = summary.get("energy_total_j")
-        row["e_tok_j"] = total / tokens if total is not None and tokens else None
+        row["e_tok_j"] = row["energy_per_output_token_j"]  # [SS26]'s name for the summary's figure
         measured = summary.get("energy_source") is not None  # the run's verdict, whatever its records hold
         full, per_batch = _batch_energy(out, measured) if state == "done" else (None, None)
         row["full_batches"], row["energy_per_batch_j"] = full, per_batch
