@@ -4,7 +4,7 @@ Why: the simulated engine (DESIGN.md, "One server loop, two clocks") needs a ste
 scheduler forms, millions of times per run, and it must follow the two regimes of LLM serving: prefill is
 compute-bound (time grows with tokens) and decode is memory-bound (time is the weight read, nearly flat in batch
 size, plus the KV-cache read, which grows with context). A roofline over FLOPs and bytes gives both from the
-model's shapes and the accelerator's datasheet, with six parameters that can be fitted to measured steps.
+model's shapes and the accelerator's datasheet, with six parameters, five of them fitted to measured steps.
 
 The model (one replica of ``tp`` GPUs; FLOPs and bytes are per GPU, i.e. the replica's total / tp). With d =
 hidden, V = vocab, L = layers, h = heads, k = KV heads, e = head_dim, b = bytes per element of the run dtype,
@@ -68,7 +68,7 @@ MIN_STEPS = 5
 
 @dataclass(frozen=True)
 class PerfParams:
-    """The five numbers of the roofline step-time model; defaults are for vLLM v1 on a datacenter GPU with CUDA
+    """The six numbers of the roofline step-time model; defaults are for vLLM v1 on a datacenter GPU with CUDA
     graphs. With them Llama-3.1-8B on an H100 SXM takes about 6.7 ms for a batch-1 decode step at 1k context,
     10.5 ms for a batch-64 decode step and 30 ms for a 1k-token prefill (tests/engines/sim/test_perf.py)."""
 
@@ -86,8 +86,8 @@ class PerfParams:
     per_seq_s: float = 10.0e-6
     # Extra fixed cost of a step that holds a prompt chunk: the prefill attention path and its metadata (with
     # CUDA graphs, decode-only batches replay a captured graph and mixed ones do not). 0 by default (no published
-    # figure to rest a default on); ``fit_perf`` fits it. On vLLM's CPU build it is about 2 ms
-    # (benchmarks/sim_fidelity.py).
+    # figure to rest a default on); ``fit_perf`` fits it. On vLLM's CPU build it is about 1 ms (0.85 ms fitted in
+    # benchmarks/results/sim_fidelity.json).
     prefill_overhead_s: float = 0.0
     # Latency of one small all-reduce on NVLink (vLLM's custom all-reduce / NCCL LL protocol, inside a CUDA
     # graph): about 5-15 us.
