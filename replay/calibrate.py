@@ -150,7 +150,8 @@ def _read_requests(run_dir: Path) -> pd.DataFrame:
 
 
 def _finished_with_energy(frame: pd.DataFrame, path: str, excluded: dict[str, int]) -> pd.DataFrame:
-    """Finished requests with an energy value; the rest are counted by reason in ``excluded``."""
+    """Finished requests with an energy value, their numbers checked (a bad one is an error naming the file, the
+    request and the field); the rest are counted by reason in ``excluded``."""
     status = frame["status"]
     for st in sorted(set(status) - {"finished"}):
         excluded[str(st)] = excluded.get(str(st), 0) + int((status == st).sum())
@@ -159,17 +160,28 @@ def _finished_with_energy(frame: pd.DataFrame, path: str, excluded: dict[str, in
     if no_energy.any():
         excluded["finished without energy"] = excluded.get("finished without energy", 0) + int(no_energy.sum())
     done = done[~no_energy]
-    generated = done["generated_tokens"] if "generated_tokens" in done else done["output_tokens"]
-    out = pd.DataFrame({
-        "input_tokens": done["input_tokens"].astype(int), "output_tokens": done["output_tokens"].astype(int),
-        "energy_j": done["energy_j"].astype(float), "generated_tokens": generated.fillna(done["output_tokens"]),
+    ids = done["id"] if "id" in done else pd.Series(done.index, index=done.index)
+
+    def numbers(name: str, values: pd.Series, least: int, whole: bool, want: str) -> pd.Series:
+        """The column as numbers; a missing, non-numeric or out-of-range value is an error naming the request."""
+        v = pd.to_numeric(values, errors="coerce").astype(float)
+        ok = np.isfinite(v) & (v >= least) & ((v == np.round(v)) if whole else True)
+        if not ok.all():
+            got = values[~ok].iloc[0]
+            got = got.item() if isinstance(got, np.generic) else got
+            got = "null" if got is None or (isinstance(got, float) and math.isnan(got)) else repr(got)
+            raise ValueError(f"{path}: request {ids[~ok].iloc[0]!r}: field {name!r}: expected {want}, got {got}")
+        return v
+
+    tokens = "a whole number of tokens >= 1"
+    generated = (done["generated_tokens"].fillna(done["output_tokens"]) if "generated_tokens" in done
+                 else done["output_tokens"])
+    return pd.DataFrame({
+        "input_tokens": numbers("input_tokens", done["input_tokens"], 1, True, tokens).astype(int),
+        "output_tokens": numbers("output_tokens", done["output_tokens"], 1, True, tokens).astype(int),
+        "energy_j": numbers("energy_j", done["energy_j"], 0, False, "a finite number of joules >= 0"),
+        "generated_tokens": numbers("generated_tokens", generated, 0, True, "a whole number of tokens >= 0"),
     })
-    bad = (out["energy_j"] < 0) | ~np.isfinite(out["energy_j"])
-    if bad.any():
-        ids = done["id"] if "id" in done else pd.Series(done.index, index=done.index)
-        raise ValueError(f"{path}: request {ids[bad].iloc[0]!r}: field 'energy_j': negative or non-finite value "
-                         f"{out['energy_j'][bad].iloc[0]!r}")
-    return out
 
 
 def _expand_sweeps(run_dirs: list[str | Path]) -> tuple[list[Path], list[str]]:

@@ -171,6 +171,15 @@ def test_run_directory_errors(sweep, tmp_path):
     (broken / "requests.jsonl").write_text('{"status": "finished", "input_tokens": 4}\n')
     with pytest.raises(ValueError, match=r"requests.jsonl:1: missing field 'output_tokens'"):
         energy_points([broken])
+    # a bad value names the file, the request and the field
+    tokens, joules = "expected a whole number of tokens >= 1", "expected a finite number of joules >= 0"
+    for fields, message in [({"input_tokens": None}, f"field 'input_tokens': {tokens}, got null"),
+                            ({"output_tokens": 2.5}, f"field 'output_tokens': {tokens}, got 2.5"),
+                            ({"energy_j": "abc"}, f"field 'energy_j': {joules}, got 'abc'")]:
+        record = {"id": "r1", "status": "finished", "input_tokens": 4, "output_tokens": 2, "energy_j": 1.0, **fields}
+        (broken / "requests.jsonl").write_text(json.dumps(record) + "\n")
+        with pytest.raises(ValueError, match=rf"requests.jsonl: request 'r1': {message}"):
+            energy_points([broken])
 
 
 def test_too_few_points_for_a_form(sweep, tmp_path):
