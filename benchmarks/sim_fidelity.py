@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 MODEL, GPU = "tiny-llama", "cpu"
 SCHED = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "chunked_prefill": True}
-CALIB = [  # the fit sees both workloads' step shapes: chat (long decodes) and code (long prompts, short outputs)
+CALIB = [  # the fit's slices: chat (long decodes); with --calibrate-on mix also code (long prompts, short outputs)
     {"name": "chat 0-90 s (calibration)", "trace": "traces/chat.jsonl", "start_s": None, "duration_s": 90.0},
     {"name": "code 1350-1440 s (calibration)", "trace": "traces/code.jsonl", "start_s": 1350.0, "duration_s": 90.0},
 ]
