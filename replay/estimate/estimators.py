@@ -46,12 +46,15 @@ from replay.estimate.forms import FORM_TITLES, Theta, preset
 from replay.specs import Hardware, ModelSpec
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS
 
-__all__ = ["ESTIMATORS", "NA25_PEAK_FLOPS", "PEAKS", "Estimate", "EstimateContext", "estimate"]
+__all__ = ["ESTIMATORS", "FORM_ESTIMATOR", "NA25_PEAK_FLOPS", "PEAKS", "Estimate", "EstimateContext",
+           "estimate"]
 
 PEAKS = ("dense", "sparse")
 NA25_PEAK_FLOPS = 309.7e12      # [Na25]'s FLOPS_hw: the A6000's sparse fp16 tensor peak
 _STATUSES = ("finished", "rejected", "unfinished")
-_FORM_OF = {"sweetspot": "eq5", "sweetspot-flops": "eq4", "b1": "b1", "b2": "b2", "b3": "b3", "b4": "b4"}
+# [SS26] form -> the estimator that uses it, and back
+FORM_ESTIMATOR = {"eq5": "sweetspot", "eq4": "sweetspot-flops", "b1": "b1", "b2": "b2", "b3": "b3", "b4": "b4"}
+_FORM_OF = {name: form for form, name in FORM_ESTIMATOR.items()}
 
 
 @dataclass(frozen=True, eq=False)

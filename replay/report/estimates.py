@@ -23,14 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from replay.estimate.estimators import ESTIMATORS, Estimate, EstimateContext, estimate
+from replay.estimate.estimators import ESTIMATORS, FORM_ESTIMATOR, Estimate, EstimateContext, estimate
 from replay.estimate.forms import PRESETS, Theta
 from replay.report.rundir import RunData
 from replay.specs import Hardware, hardware, model
 
 __all__ = ["FORM_ESTIMATOR", "Assumed", "default_estimators", "parse_estimators", "run_context", "run_estimates"]
-
-FORM_ESTIMATOR = {"eq5": "sweetspot", "eq4": "sweetspot-flops", "b1": "b1", "b2": "b2", "b3": "b3", "b4": "b4"}
 
 
 @dataclass(frozen=True)
