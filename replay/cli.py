@@ -371,10 +371,12 @@ def _crash_message(exc: Exception, out: Path) -> str:
     if out.is_dir():
         (out / "error.log").write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
         log = f"traceback in {out / 'error.log'}"
+    head = f"the run stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({log})"
+    if not (out / "config.yaml").exists():  # before the run began (the engine's start-up, say): no run to resume
+        return f"{head}; it stopped before the run began, nothing was recorded"
     path = out / "requests.jsonl"
     kept = sum(1 for _ in path.open("rb")) if path.exists() else 0
-    return (f"the run stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({log}); "
-            f"the {kept} request records written before it are kept in {path}; go on with: replay run --resume {out}")
+    return f"{head}; the {kept} request records written before it are kept in {path}; go on with: replay run --resume {out}"
 
 
 @main.command("plan")

@@ -417,3 +417,17 @@ def test_an_engine_crash_mid_run_is_one_line_and_keeps_what_finished(tmp_path, m
     monkeypatch.setattr(SimEngine, "step", original)
     assert run("run", "--resume", out, "--quiet").exit_code == 0
     assert len((out / "requests.jsonl").read_text().splitlines()) == 100
+
+
+def test_an_engine_that_fails_to_start_says_nothing_was_recorded(tmp_path, monkeypatch):
+    """An engine failing before the run begins (faked: the simulated engine's constructor raises, standing in for
+    vLLM's start-up) is one line that offers no --resume: there is no run directory to go on with."""
+    from replay.engines.sim.engine import SimEngine
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(SimEngine, "__init__", fail)
+    result = run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", tmp_path / "run", "--quiet")
+    assert_one_error_line(result, "the run stopped: RuntimeError: CUDA error", "nothing was recorded")
+    assert "--resume" not in result.stderr
