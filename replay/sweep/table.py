@@ -33,6 +33,7 @@ import pandas as pd
 
 from replay.config import RunConfig, load_config
 from replay.files import read_jsonl
+from replay.report.rundir import energy_kind
 from replay.run import prepare_workload
 from replay.sweep.grid import ERROR_FILE, SweepSpec, load_sweep, point_state
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS
@@ -165,7 +166,7 @@ def batch_energies(sweep: SweepSpec | str | Path, input_bins: Iterable[int] = DE
                          "output_bin": next(e for e in out_edges if e >= n_out),
                          "batch_size": point.config.batch_size, "energy_j": row["energy_per_batch_j"],
                          "n_in": n_in, "n_out": n_out, "source": row["energy_source"],
-                         "modelled": point.config.engine == "sim", "point": point.name})
+                         "modelled": energy_kind(row["energy_source"]) == "modelled", "point": point.name})
     if not rows:
         why = ", ".join(f"{n} {what}" for what, n in left_out.items() if n)
         raise ValueError(f"{spec.out}: no point gives a batch energy ({why}); a batch-energy sweep runs static "

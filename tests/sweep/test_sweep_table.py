@@ -16,7 +16,7 @@ MODEL = "llama-3.2-1b"
 
 
 def static_sweep(out: Path, grid, requests, **kw):
-    config = RunConfig(trace=SYNTHETIC, engine="sim", mode="offline", model=MODEL, out=str(out), **kw)
+    config = RunConfig(trace=SYNTHETIC, mode="offline", model=MODEL, out=str(out), **{"engine": "sim", **kw})
     return run_sweep(make_sweep(config, list(grid), requests))
 
 
@@ -69,6 +69,16 @@ def test_batch_energies_bin_the_points_as_na25_bins_requests(tmp_path):
     assert not largest.duplicated(["input_bin", "output_bin"]).any()
     narrow = batch_energies(tmp_path / "sw", input_bins=(128, 256), output_bins=(8, 16, 32), every_batch_size=True)
     assert set(narrow["input_bin"]) == {128} and narrow.attrs["left_out"]["above the largest bins"] == 4
+
+
+def test_batch_energies_of_auto_points_run_on_the_simulator_are_labelled_modelled(tmp_path, monkeypatch):
+    """--engine auto (the CLI default) falls back to the simulated engine where vLLM is missing (faked so here):
+    its batch energies are the power model's and say so, whatever the engine key in the grid's config."""
+    from replay.engines import vllm
+    monkeypatch.setattr(vllm, "available", lambda: False)
+    static_sweep(tmp_path / "sw", ["n_in=64", "n_out=8", "batch_size=4"], 8, engine="auto")
+    row = batch_energies(tmp_path / "sw").iloc[0]
+    assert row["modelled"] and row["source"].startswith("modelled")
 
 
 def test_a_batch_too_large_to_run_leaves_the_largest_that_ran_as_b(tmp_path, monkeypatch):
