@@ -30,19 +30,28 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def read_jsonl(path: str | Path, *, cut_last: bool = False, required: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The objects of a JSON Lines file, blank lines skipped; a bad line, or one without a ``required`` field,
-    raises ValueError naming ``FILE:LINE``.
+    """The objects of a JSON Lines file, blank lines skipped; a bad line (not UTF-8, not a JSON object), or one
+    without a ``required`` field, raises ValueError naming ``FILE:LINE``; a file that cannot be read, one naming
+    the file.
 
     ``cut_last``: a last line without its newline (a run interrupted mid-write) is dropped, and cut from the file
     so that appending goes on cleanly (resuming a run)."""
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if cut_last and raw and not raw.endswith(b"\n"):
         raw = raw[:raw.rfind(b"\n") + 1]
         with open(path, "r+b") as f:
             f.truncate(len(raw))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        number = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}:{number}: not UTF-8 text ({exc.reason})") from None
     rows = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

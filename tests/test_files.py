@@ -36,3 +36,8 @@ def test_read_jsonl_names_the_line_and_cuts_an_interrupted_last_line(tmp_path):
     path.write_text('{"id": "1"}\n{"id": \n')
     with pytest.raises(ValueError, match=r"r.jsonl:2: not a JSON record"):
         read_jsonl(path)
+    path.write_bytes(b'{"id": "1"}\n{"id": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"r.jsonl:2: not UTF-8 text"):
+        read_jsonl(path)
+    with pytest.raises(ValueError, match=r"missing.jsonl: cannot read"):
+        read_jsonl(tmp_path / "missing.jsonl")
