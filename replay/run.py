@@ -25,7 +25,7 @@ import yaml
 from replay import arrivals
 from replay.config import RunConfig, load_config
 from replay.energy.attribution import FlopCoefficients, attribute
-from replay.energy.meters import choose_meter, default_meters, gpus_in_use, measure_idle
+from replay.energy.meters import MODEL_LABEL, choose_meter, default_meters, gpus_in_use, measure_idle
 from replay.engines.sim.engine import SimEngine
 from replay.engines.sim.perf import PerfModel, load_perf
 from replay.files import read_jsonl
@@ -447,7 +447,7 @@ def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: 
     busy_s = steps.groupby("replica")["duration_s"].sum() if len(steps) else pd.Series(dtype=float)
     gaps_j = sum(e.idle_w * max(0.0, makespan_s - float(busy_s.get(i, 0.0))) for i, e in enumerate(engines))
     idle_j = sum(e.idle_w for e in engines) * makespan_s
-    return Energy(source="modelled (simulated engine's power model)", reason=None, total_j=busy_j + gaps_j,
+    return Energy(source=MODEL_LABEL, reason=None, total_j=busy_j + gaps_j,
                   idle_j=idle_j)
 
 
