@@ -425,7 +425,7 @@ def plan_cmd(ctx, trace, target_text, max_replicas, config_file, online, **optio
 @click.option("--requests", type=int, default=None,
               help="Requests per synthetic point (default 1000, as [SS26]); a TRACE sweep takes --limit.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
-              help="Run the points as Ray tasks (one GPU each for the real engine): auto (the running cluster), "
+              help="Run the points as Ray tasks (--tp GPUs each for the real engine): auto (the running cluster), "
                    "HOST:PORT, ray://..., or local (start Ray on this machine). Needs replay-energy[ray].")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Go on with the sweep in this directory, as its sweep.yaml records it (no other options but "
