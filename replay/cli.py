@@ -504,8 +504,8 @@ def sweep_cmd(ctx, trace, grid, requests, ray_address, resume_dir, config_file, 
 def calibrate_cmd(run_dirs, perf_fit, form_text, folds, seed, model, gpu, tp, out):
     """Fit model parameters to recorded runs.
 
-    With --perf: fit the simulated engine's step-time model (compute and memory efficiency, per-step and
-    per-sequence overhead) to the step records (steps.jsonl) of runs on a real engine, report in-sample and
+    With --perf: fit the simulated engine's step-time model (compute and memory efficiency, per-step,
+    per-sequence and prefill-step overhead) to the step records (steps.jsonl) of runs on a real engine, report in-sample and
     held-out error, and write YAML that 'replay run --perf FILE' reads.
 
     With --form: group the runs' finished requests by (input, output) length, take energy per output token
