@@ -186,16 +186,17 @@ def _finished_with_energy(frame: pd.DataFrame, path: str, excluded: dict[str, in
 
 def _expand_sweeps(run_dirs: list[str | Path]) -> tuple[list[Path], list[str]]:
     """Run directories, a ``replay sweep`` directory (sweep.yaml, no requests.jsonl) standing for its finished
-    points (the subdirectories with a summary.json); points not finished are counted in a note."""
+    points; points not finished (pending, interrupted or failed) are counted in a note."""
+    from replay.sweep.grid import DONE, SPEC_FILE, load_sweep, point_state
     dirs, notes = [], []
     for d in map(Path, run_dirs):
-        if (d / "sweep.yaml").exists() and not (d / "requests.jsonl").exists():
-            subs = sorted(p for p in d.iterdir() if p.is_dir() and (p / "config.yaml").exists())
-            done = [p for p in subs if (p / "summary.json").exists()]
+        if (d / SPEC_FILE).exists() and not (d / "requests.jsonl").exists():
+            points = [Path(p.config.out) for p in load_sweep(d).points()]
+            done = [p for p in points if point_state(p) == DONE]
             if not done:
                 raise ValueError(f"{d}: a sweep directory without a finished point (no */summary.json)")
-            if len(done) < len(subs):
-                notes.append(f"{d}: {len(subs) - len(done)} of {len(subs)} sweep points not finished, left out")
+            if len(done) < len(points):
+                notes.append(f"{d}: {len(points) - len(done)} of {len(points)} sweep points not finished, left out")
             dirs.extend(done)
         else:
             dirs.append(d)
