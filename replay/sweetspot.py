@@ -172,22 +172,13 @@ def plot_heatmap(s: SweetSpots, path: str | Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    data = np.ma.masked_invalid(s.tokens_per_j)
+    from replay.report.plots import heatmap
+
+    grid = np.asarray(s.tokens_per_j, dtype=float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(s.n_out), 1.2 + 0.6 * len(s.n_in)))
     try:
-        image = ax.imshow(data, origin="lower", aspect="auto", cmap="viridis")
-        fig.colorbar(image, ax=ax, label="output tokens per joule")
-        ax.set_xticks(range(len(s.n_out)), [str(o) for o in s.n_out])
-        ax.set_yticks(range(len(s.n_in)), [str(i) for i in s.n_in])
-        ax.set_xlabel("output tokens n_out")
-        ax.set_ylabel("input tokens n_in")
-        finite = s.tokens_per_j[np.isfinite(s.tokens_per_j)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for r, row in enumerate(s.tokens_per_j):
-            for c, value in enumerate(row):
-                if math.isfinite(value):
-                    ax.text(c, r, f"{value:.3g}", ha="center", va="center", fontsize=7,
-                            color="black" if value > middle else "white")
+        heatmap(fig, ax, grid, lambda r, c: f"{grid[r, c]:.3g}", [str(o) for o in s.n_out], [str(i) for i in s.n_in],
+                "output tokens n_out", "input tokens n_in", "output tokens per joule")
         for r, spot in enumerate(s.spots):
             if spot.grid_n_out is not None:
                 c = s.n_out.index(spot.grid_n_out)

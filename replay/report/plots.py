@@ -188,6 +188,25 @@ def plot_estimates(comparison: Any, path: Path) -> Plot:
 # --- energy per output token over the bin grid ---------------------------------------------------------------
 
 
+def heatmap(fig: Any, ax: Any, grid: np.ndarray, cell_text, x_labels: list[str], y_labels: list[str], x_title: str,
+            y_title: str, colour_label: str, fontsize: int = 7) -> None:
+    """An annotated heatmap of ``grid`` (rows bottom-up, NaN cells blank): ``cell_text(row, column)`` written in
+    each finite cell, dark text on the bright half of the scale (the [Na25] bin grid, the [SS26] surface)."""
+    image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax, label=colour_label)
+    finite = grid[np.isfinite(grid)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for r in range(grid.shape[0]):
+        for c in range(grid.shape[1]):
+            if np.isfinite(grid[r, c]):
+                ax.text(c, r, cell_text(r, c), ha="center", va="center", fontsize=fontsize,
+                        color="black" if grid[r, c] > middle else "white")
+    ax.set_xticks(range(len(x_labels)), x_labels)
+    ax.set_yticks(range(len(y_labels)), y_labels)
+    ax.set_xlabel(x_title)
+    ax.set_ylabel(y_title)
+
+
 def plot_bins(comparison: Any, path: Path) -> Plot:
     """bins.png for a ``Comparison`` (module docstring)."""
     c = comparison
@@ -212,19 +231,8 @@ def plot_bins(comparison: Any, path: Path) -> Plot:
         count[i, o] = b.requests
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 0.95 * len(c.output_bins), 1.4 + 0.55 * len(c.input_bins)))
-    image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis")
-    fig.colorbar(image, ax=ax, label="J per output token")
-    finite = grid[np.isfinite(grid)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for i in range(grid.shape[0]):
-        for o in range(grid.shape[1]):
-            if np.isfinite(grid[i, o]):
-                ax.text(o, i, f"{grid[i, o]:.3g}\nn={count[i, o]}", ha="center", va="center", fontsize=6,
-                        color="black" if grid[i, o] > middle else "white")
-    ax.set_xticks(range(len(c.output_bins)), [f"<={o}" for o in c.output_bins])
-    ax.set_yticks(range(len(c.input_bins)), [f"<={i}" for i in c.input_bins])
-    ax.set_xlabel("output tokens")
-    ax.set_ylabel("input tokens")
+    heatmap(fig, ax, grid, lambda i, o: f"{grid[i, o]:.3g}\nn={count[i, o]}", [f"<={o}" for o in c.output_bins],
+            [f"<={i}" for i in c.input_bins], "output tokens", "input tokens", "J per output token", fontsize=6)
     ax.set_title(f"{title}: {source}", fontsize=9)
     _save(fig, path)
     return Plot("bins", title, path, note)
