@@ -375,7 +375,7 @@ def _crash_message(exc: Exception, out: Path) -> str:
     if not (out / "config.yaml").exists():  # before the run began (the engine's start-up, say): no run to resume
         return f"{head}; it stopped before the run began, nothing was recorded"
     path = out / "requests.jsonl"
-    kept = sum(1 for _ in path.open("rb")) if path.exists() else 0
+    kept = path.read_bytes().count(b"\n") if path.exists() else 0  # whole lines: a half-written last one is not kept
     return f"{head}; the {kept} request records written before it are kept in {path}; go on with: replay run --resume {out}"
 
 

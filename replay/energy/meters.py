@@ -184,7 +184,7 @@ class NvmlMeter(_Sampler):
         super().__init__(period_s, clock)
         if gpus is not None:
             gpus = list(gpus)
-            if not gpus or any(isinstance(i, bool) or not (isinstance(i, int) and i >= 0 or isinstance(i, str) and i)
+            if any(isinstance(i, bool) or not (isinstance(i, int) and i >= 0 or isinstance(i, str) and i)
                                for i in gpus) or len(set(gpus)) != len(gpus):
                 raise ValueError(f"nvml meter gpus: expected distinct GPU indices >= 0 or UUIDs, got {gpus!r}")
         self.gpus = gpus
@@ -228,6 +228,8 @@ class NvmlMeter(_Sampler):
             nvml.nvmlShutdown()
         if count == 0:
             return False, "NVML found no GPU"
+        if self.gpus == []:
+            return False, "CUDA_VISIBLE_DEVICES hides every GPU: none in use to measure"
         missing = [i for i in (self.gpus or []) if isinstance(i, int) and i >= count]
         if missing:
             return False, f"GPU index {missing[0]} not present: NVML sees {count} GPU(s)"
@@ -543,17 +545,24 @@ class MeterChoice:
 
 
 def gpus_in_use(tp: int, visible: str | None = None) -> list[int | str]:
-    """The GPUs a real engine of ``tp`` GPUs runs on, as NVML sees them: the first ``tp`` entries of
-    ``CUDA_VISIBLE_DEVICES`` (``visible``; indices, or UUIDs resolved when the meter opens), else GPUs 0..tp-1.
-    Measuring only these keeps runs sharing a node (a Ray sweep, say) from counting each other's energy."""
+    """The GPUs a real engine of ``tp`` GPUs runs on, as NVML sees them: the first ``tp`` GPUs that
+    ``CUDA_VISIBLE_DEVICES`` (``visible``) makes visible (indices, or ``GPU-``/``MIG-`` UUIDs resolved when the
+    meter opens; as CUDA does, the list ends at the first entry that is neither), else GPUs 0..tp-1 when it is
+    unset. Empty when it hides every GPU (``""``, ``-1``): nothing to measure. Measuring only these keeps runs
+    sharing a node (a Ray sweep, say) from counting each other's energy."""
     if visible is None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None or not visible.strip():
+    if visible is None:
         return list(range(tp))
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    if len(entries) < tp:
-        raise ValueError(f"CUDA_VISIBLE_DEVICES={visible!r} names {len(entries)} GPU(s); --tp {tp} needs {tp}")
-    return [int(e) if e.isdigit() else e for e in entries[:tp]]
+    gpus: list[int | str] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.isdigit():
+            gpus.append(int(entry))
+        elif entry.startswith(("GPU-", "MIG-")):
+            gpus.append(entry)
+        else:
+            break
+    return gpus[:tp]
 
 
 def default_meters(gpus: Sequence[int] | None = None, period_s: float = 0.1, nvml: Any = None,

@@ -75,14 +75,18 @@ def test_nvml_mixed_gpus_say_which_source_each():
     assert tl.label == "measured (nvml: gpu0 total-energy counter, gpu1 power samples, integrated)"
 
 
-def test_only_the_gpus_in_use_are_measured():
+def test_only_the_gpus_in_use_are_measured(monkeypatch):
     """CUDA_VISIBLE_DEVICES (indices or UUIDs) picks the GPUs a real engine of tp GPUs runs on: a Ray task on
     a shared node measures its own, not its neighbours'."""
-    assert gpus_in_use(2, visible=None) == [0, 1] and gpus_in_use(1, visible="") == [0]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpus_in_use(2) == [0, 1]                                # unset: the first tp GPUs
     assert gpus_in_use(1, visible="3,1") == [3] and gpus_in_use(2, visible=" 3, 1 ") == [3, 1]
     assert gpus_in_use(1, visible="GPU-fake-2,GPU-fake-0") == ["GPU-fake-2"]
-    with pytest.raises(ValueError, match="names 1 GPU"):
-        gpus_in_use(2, visible="0")
+    assert gpus_in_use(2, visible="0") == [0]                     # vLLM itself then refuses tp 2
+    assert gpus_in_use(2, visible="1,-1,0") == [1]                 # as CUDA: the list ends at an invalid entry
+    assert gpus_in_use(1, visible="") == gpus_in_use(1, visible="-1") == []
+    ok, why = NvmlMeter([], nvml=FakeNvml(energy={0: [0]})).available()
+    assert not ok and "hides every GPU" in why
     fake = FakeNvml(energy={0: [0, 0, 1000], 1: [0, 0, 1000], 2: [0, 0, 7000]})
     meter, tl = nvml_run(fake, [0.0, 1.0], 1, gpus=gpus_in_use(1, visible="GPU-fake-2"))
     assert tl.devices == ("gpu2",) and tl.total_j("gpu2") == pytest.approx(7.0)
