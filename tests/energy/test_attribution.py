@@ -1,6 +1,8 @@
 """Attribution: step energies are timeline windows, request shares by tokens and by FLOPs (worked out by hand),
 the sums (attributed + unattributed = step energies; step energies + time outside steps = the timeline total),
-bad records named, and against the server loop's own per-request energies on a simulated run."""
+bad records named, and against the server loop's own per-request energies on a simulated run. The vectorised
+request_step_work against the per-record loop it replaced (kept here as the reference): the same frame, bit for
+bit, on simulated runs and odd records, and the same errors."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from replay.config import RunConfig
 from replay.energy.attribution import FlopCoefficients, attribute, request_step_work, step_energies_j
 from replay.energy.meters import model_timeline
 from replay.energy.timeline import EnergyTimeline
@@ -182,3 +185,182 @@ def test_model_timeline_attribution_matches_the_server_loop():
     by_flops = attribute(tl, steps, records, "flops", FlopCoefficients.from_perf(PerfModel(spec, gpu)))
     assert by_flops.attributed_j == pytest.approx(a.steps_j, rel=1e-12)
     assert by_flops.unattributed_j == pytest.approx(0.0, abs=1e-6)
+
+
+# --- request_step_work against the per-record loop it replaced ------------------------------------------------------
+
+
+def _reference_expand(runs):
+    a = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+    if not len(a):
+        return np.zeros(0, np.int64)
+    first, count = a[:, 0], a[:, 1]
+    before = np.concatenate(([0], np.cumsum(count)[:-1]))
+    return np.repeat(first - before, count) + np.arange(int(count.sum()))
+
+
+def reference_request_step_work(requests):
+    """request_step_work as it was before it was vectorised: one record at a time (the reference)."""
+    records = requests.to_dict("records") if isinstance(requests, pd.DataFrame) else list(requests)
+    cols = {k: [] for k in ("row", "replica", "step", "tokens", "sampled", "attn_pairs")}
+    for i, rec in enumerate(records):
+        rid = rec.get("id", f"#{i}")
+        if rec.get("status") == "rejected":
+            continue
+        for name in ("token_steps", "prefill_steps", "input_tokens", "replica"):
+            if name not in rec or rec[name] is None:
+                raise ValueError(f"request {rid!r}: no {name!r} in the record; attribution needs it"
+                                 + (" (one [step, tokens] per step that processed prompt tokens)"
+                                    if name == "prefill_steps" else ""))
+        emitted = _reference_expand(rec["token_steps"])
+        pf = [list(p) for p in rec["prefill_steps"]]
+        if any(len(p) not in (2, 3) for p in pf):
+            raise ValueError(f"request {rid!r}: field 'prefill_steps': expected [step, tokens] or "
+                             f"[step, tokens, context_tokens] entries, got {rec['prefill_steps']!r}")
+        pf_step = np.array([p[0] for p in pf], dtype=np.int64)
+        pf_q = np.array([p[1] for p in pf], dtype=np.float64)
+        if len(pf_q) and (pf_q <= 0).any():
+            raise ValueError(f"request {rid!r}: field 'prefill_steps': a chunk of {pf_q.min():g} tokens; expected > 0")
+        if pf and all(len(p) == 3 for p in pf):
+            pf_c = np.array([p[2] for p in pf], dtype=np.float64)
+        else:  # earlier chunks since the last emitted token
+            pf_c = np.zeros(len(pf))
+            run, prev = 0.0, -1
+            for k, (s, q) in enumerate(zip(pf_step.tolist(), pf_q.tolist())):
+                between = np.searchsorted(emitted, s, "left") - np.searchsorted(emitted, prev, "left")
+                if between > 0:   # it emitted at or after its last chunk: a recompute starts over
+                    run = 0.0
+                pf_c[k] = run
+                run += q
+                prev = s
+        is_pf = np.isin(emitted, pf_step)
+        j = np.arange(len(emitted))
+        dec = emitted[~is_pf]
+        n_in = float(rec["input_tokens"])
+        steps = np.concatenate((pf_step, dec))
+        cols["row"].append(np.full(len(steps), i, np.int64))
+        cols["replica"].append(np.full(len(steps), int(rec["replica"]), np.int64))
+        cols["step"].append(steps)
+        cols["tokens"].append(np.concatenate((pf_q, np.ones(len(dec)))))
+        cols["sampled"].append(np.concatenate((np.isin(pf_step, emitted).astype(np.float64), np.ones(len(dec)))))
+        cols["attn_pairs"].append(np.concatenate((pf_q * (pf_c + (pf_q + 1) / 2), n_in + j[~is_pf])))
+    return pd.DataFrame({k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()})
+
+
+def assert_same_work(got, want):
+    """The same rows in the same order, the same dtypes, the same bits."""
+    assert list(got.columns) == list(want.columns)
+    for c in want.columns:
+        g, w = got[c].to_numpy(), want[c].to_numpy()
+        assert g.dtype == w.dtype, (c, g.dtype, w.dtype)
+        assert g.shape == w.shape, (c, g.shape, w.shape)
+        assert g.tobytes() == w.tobytes(), c
+
+
+SIM_RUNS = {  # what each run must exercise is checked below
+    # recompute after emitting (a small KV cache), chunked prefill (a small token budget), two replicas
+    "chat-recompute-chunked": dict(trace="traces/chat.jsonl", limit=300, rate_scale=10.0, replicas=2, kv_blocks=400,
+                                   max_num_batched_tokens=256),
+    # prefix-cache hits on the Mooncake sample, with rejections (more blocks than the cache) and preemptions
+    "mooncake-prefix-caching": dict(trace="tests/data/mooncake_head.jsonl", limit=200, prefix_caching=True,
+                                    kv_blocks=2000, max_num_batched_tokens=2048, replicas=2),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SIM_RUNS))
+def sim_run(request):
+    from conftest import REPO
+    from replay.run import execute
+
+    kw = dict(SIM_RUNS[request.param])
+    run = execute(RunConfig(trace=str(REPO / kw.pop("trace")), engine="sim", **kw), progress=False)
+    return request.param, run
+
+
+def test_request_step_work_equals_the_loop_on_simulated_runs(sim_run):
+    name, run = sim_run
+    req = run.requests
+    records = req.to_dict("records")
+    assert req["replica"].nunique() == 2
+    assert (req["prefill_steps"].map(len) > 1).any()                       # chunked prompts
+    recomputed = [r for r in records if r["status"] != "rejected" and r["token_steps"]
+                  and any(p[0] > r["token_steps"][0][0] for p in r["prefill_steps"])]
+    assert recomputed                                                     # chunks after emitting: context restarts
+    if name.startswith("mooncake"):
+        assert req["cached_tokens"].sum() > 0 and (req["status"] == "rejected").any()
+    want = reference_request_step_work(records)
+    assert len(want) > 10_000
+    assert_same_work(request_step_work(req), want)
+    assert_same_work(request_step_work(records), want)
+
+
+def _odd_records():
+    """Records the old loop accepted, ordinary and odd (no server writes the odd ones)."""
+    return [
+        {"id": "rejected-bare", "status": "rejected", "input_tokens": 10},
+        {"id": "rejected", "replica": 1, "status": "rejected", "input_tokens": 10, "token_steps": [],
+         "prefill_steps": []},
+        {"id": "no-chunks", "replica": 0, "status": "finished", "input_tokens": 7, "token_steps": [[3, 2]],
+         "prefill_steps": []},
+        {"id": "chunks-only", "replica": 1, "status": "unfinished", "input_tokens": 8, "token_steps": [],
+         "prefill_steps": [[0, 4], [1, 4]]},
+        {"id": "context-given", "replica": 0, "input_tokens": 20, "token_steps": [[2, 3]],
+         "prefill_steps": [[0, 4, 0], [1, 4, 12], [2, 2, 16]]},
+        {"id": "context-mixed", "replica": 0, "input_tokens": 8, "token_steps": [[1, 2]],
+         "prefill_steps": [[0, 4], [1, 4, 99]]},
+        {"id": "recompute", "replica": 1, "input_tokens": 5, "token_steps": [[1, 2], [6, 3]],
+         "prefill_steps": [[0, 3], [1, 2], [5, 5], [6, 1]]},
+        {"id": "chunk-step-twice", "replica": 0, "input_tokens": 6, "token_steps": [[2, 2]],
+         "prefill_steps": [[1, 3], [2, 2], [2, 1]]},
+        {"id": "fractional", "replica": 0, "input_tokens": 3.25, "token_steps": [[1, 2]],
+         "prefill_steps": [[0, 2.5], [1, 0.75]]},
+        {"id": "flat-runs", "replica": 1, "input_tokens": 4, "token_steps": [2, 3], "prefill_steps": [(1, 2), (2, 2)]},
+        {"id": "array-runs", "replica": 1, "input_tokens": 4, "token_steps": np.array([[4, 2], [9, 1]]),
+         "prefill_steps": [[3, 4], [4, 0.5]]},
+        {"id": "runs-out-of-order", "replica": 0, "input_tokens": 9, "token_steps": [[6, 2], [2, 2]],
+         "prefill_steps": [[1, 5], [3, 2], [5, 2]]},
+        # emitted [10, 11, 2]: the old binary search finds no token between the chunks at 1 and 5 (a count, 1)
+        {"id": "runs-backwards", "replica": 2, "input_tokens": 3, "token_steps": [[10, 2], [2, 1]],
+         "prefill_steps": [[1, 3], [5, 2]]},
+        {"id": "runs-overlap", "replica": 0, "input_tokens": 9, "token_steps": [[2, 3], [3, 2], [3, 0]],
+         "prefill_steps": [[1, 5], [3, 4]]},
+        {"id": "far-steps", "replica": 2, "input_tokens": 3, "token_steps": [[2 ** 61, 2]],
+         "prefill_steps": [[2 ** 61 - 1, 1], [2 ** 61, 2]]},
+    ]
+
+
+def test_request_step_work_equals_the_loop_on_odd_records():
+    records = _odd_records()
+    cases = [records, records[:2], records[::-1], [], *([r] for r in records)]
+    for case in cases:
+        assert_same_work(request_step_work(case), reference_request_step_work(case))
+    frame = pd.DataFrame(records[1:])       # a frame with NaN where a record lacks a field
+    assert_same_work(request_step_work(frame), reference_request_step_work(frame))
+    assert request_step_work(records[:2]).empty and len(request_step_work(records)) > 30
+
+
+@pytest.mark.parametrize("fault, named", [
+    (lambda rs: rs[4].pop("prefill_steps"), "context-given"),
+    (lambda rs: rs[3].update(token_steps=None), "chunks-only"),
+    (lambda rs: rs[6].update(prefill_steps=[[0, 3], [1]]), "recompute"),
+    (lambda rs: rs[6].update(prefill_steps=[[0, 3], [1, 0]]), "recompute"),
+    (lambda rs: rs[5].update(input_tokens="many"), None),
+    (lambda rs: rs[5].update(replica=float("nan")), None),
+    (lambda rs: rs[2].update(token_steps=[[0, 1, 2]]), None),
+    (lambda rs: rs[2].update(token_steps=[[0, -1]]), None),
+    (lambda rs: rs[7].update(prefill_steps=5), None),
+])
+def test_bad_records_give_the_loops_error(fault, named):
+    """The first bad record in order is named, with the same words (or the same exception) as the old loop,
+    whatever a later record holds. (In a frame a missing field is NaN, not None: both give numpy's TypeError.)"""
+    records = _odd_records()
+    fault(records)
+    records[-1]["prefill_steps"] = [[0, -3]]            # a later bad record never masks an earlier one
+    for case in (records, pd.DataFrame(records)):
+        with pytest.raises(Exception) as want:
+            reference_request_step_work(case)
+        with pytest.raises(type(want.value)) as got:
+            request_step_work(case)
+        assert str(got.value) == str(want.value)
+        if named and not isinstance(case, pd.DataFrame):
+            assert str(got.value).startswith(f"request {named!r}:")
