@@ -15,6 +15,10 @@ where ``w`` is the request's work in the step and ``W`` the step's total work:
   sequence attn_pairs = q * (c + (q + 1) / 2) (q tokens processed, c already in the KV cache), as in
   ``replay.engines.base.StepShape``.
 
+``attribute`` takes the step energies from a timeline (``step_energies_j``) and splits them with
+``split_step_energy``, which takes step energies from anywhere (the roofline estimator's estimated steps). Both
+accept ``work=request_step_work(requests)`` computed once by a caller that splits the same records twice.
+
 Work a step did that no request record claims (a request still unfinished when an interrupted run stopped)
 stays in ``unattributed_j``, so ``attributed_j + unattributed_j == steps_j`` always, and
 ``steps_j + outside_steps_j`` is the timeline's total (time when no step ran: idle gaps, before and after).
@@ -44,7 +48,8 @@ import pandas as pd
 
 from replay.energy.timeline import EnergyTimeline
 
-__all__ = ["METHODS", "Attribution", "FlopCoefficients", "attribute", "request_step_work", "step_energies_j"]
+__all__ = ["METHODS", "Attribution", "FlopCoefficients", "Split", "attribute", "request_step_work",
+           "split_step_energy", "step_energies_j"]
 
 METHODS = ("tokens", "flops")
 
@@ -376,6 +381,32 @@ def _work(column) -> pd.DataFrame:
     return pd.DataFrame(out, copy=False)
 
 
+@dataclass(frozen=True)
+class Split:
+    """Step energies split over request records by one ``method`` (``split_step_energy``)."""
+
+    method: str
+    steps: pd.DataFrame      # replica, step, (start_s, end_s where the steps have them,) energy_j, work, attributed_j
+    requests: pd.DataFrame   # id, replica, tokens, work, energy_j (one row per request record, rejected: 0 work)
+    steps_j: float           # sum of step energies
+    attributed_j: float      # sum of request energies
+    unattributed_j: float    # step energy of work no record claims
+
+
+def _check_method(method: str, flops: FlopCoefficients | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"attribution method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "flops" and flops is None:
+        raise ValueError("attribution by flops: give the FLOP coefficients (FlopCoefficients.from_perf(perf))")
+
+
+def _field(requests: pd.DataFrame | Sequence[Mapping[str, Any]], name: str) -> list:
+    """Each record's ``name`` (None where it has none)."""
+    if isinstance(requests, pd.DataFrame):
+        return requests[name].tolist() if name in requests.columns else [None] * len(requests)
+    return [r.get(name) for r in requests]
+
+
 def _step_rows(steps: pd.DataFrame, work: pd.DataFrame) -> np.ndarray:
     """The row of ``steps`` with each work row's (replica, step), -1 where there is none (one int64 key where
     the numbers allow, else a MultiIndex; both refuse steps that repeat a (replica, step))."""
@@ -390,26 +421,38 @@ def _step_rows(steps: pd.DataFrame, work: pd.DataFrame) -> np.ndarray:
     return pd.MultiIndex.from_arrays([s_rep, s_step]).get_indexer(pd.MultiIndex.from_arrays([w_rep, w_step]))
 
 
-def attribute(timeline: EnergyTimeline, steps: pd.DataFrame, requests: pd.DataFrame | Sequence[Mapping[str, Any]],
-              method: str = "tokens", flops: FlopCoefficients | None = None,
-              devices: Mapping[int, Sequence[str]] | None = None) -> Attribution:
-    """Step energies from ``timeline`` and each request's share (see the module docstring)."""
-    if method not in METHODS:
-        raise ValueError(f"attribution method {method!r}: expected one of {', '.join(METHODS)}")
-    if method == "flops" and flops is None:
-        raise ValueError("attribution by flops: give the FLOP coefficients (FlopCoefficients.from_perf(perf))")
-    records = requests.to_dict("records") if isinstance(requests, pd.DataFrame) else list(requests)
-    energy = step_energies_j(timeline, steps, devices)
-    used = sorted({d for names in _device_map(timeline, steps["replica"] if len(steps) else [], devices).values()
-                   for d in names}) if len(steps) else list(timeline.devices)
-    work = request_step_work(records)
+def split_step_energy(step_energy_j: Any, steps: pd.DataFrame, requests: pd.DataFrame | Sequence[Mapping[str, Any]],
+                      method: str = "tokens", flops: FlopCoefficients | None = None,
+                      work: pd.DataFrame | None = None) -> Split:
+    """Split step energies (joules, aligned with ``steps``' rows: measured windows from ``step_energies_j``, or
+    estimated) over the request records by ``method`` (see the module docstring). ``steps`` needs ``replica,
+    step, prefill_tokens, decode_tokens`` (and ``sampled_seqs, attn_pairs`` for "flops"). ``work``: the
+    records' ``request_step_work(requests)`` when the caller already has it (splitting the same records by
+    tokens and by FLOPs computes it once); it must be of these records."""
+    _check_method(method, flops)
+    if not isinstance(requests, pd.DataFrame):
+        requests = list(requests)
+    energy = np.asarray(step_energy_j, dtype=np.float64)
+    n = len(steps)
+    if energy.shape != (n,):
+        raise ValueError(f"attribution: {energy.size} step energies for {n} steps; give one per step record")
+    n_req = len(requests)
+    if work is None:
+        work = request_step_work(requests)
+    else:
+        missing = [c for c in _WORK_COLUMNS if c not in work.columns]
+        if missing:
+            raise ValueError(f"attribution: work has no column {missing[0]!r}; give request_step_work(requests)")
+        if len(work) and not 0 <= int(work["row"].min()) <= int(work["row"].max()) < n_req:
+            raise ValueError(f"attribution: work rows name records outside the {n_req} given; give "
+                             "request_step_work(requests) of the same records")
     pos = _step_rows(steps, work)
+    rows = work["row"].to_numpy(np.int64)
     if (pos < 0).any():
         k = int(np.flatnonzero(pos < 0)[0])
-        rec = records[int(work["row"].iloc[k])]
-        raise ValueError(f"request {rec.get('id')!r}: replica {int(work['replica'].iloc[k])} step "
+        rid = _field(requests, "id")[int(rows[k])]
+        raise ValueError(f"request {rid!r}: replica {int(work['replica'].iloc[k])} step "
                          f"{int(work['step'].iloc[k])} is not in the step records")
-    n = len(steps)
     tokens = work["tokens"].to_numpy(np.float64)
     claimed_tokens = np.bincount(pos, tokens, minlength=n)
     step_tokens = (steps["prefill_tokens"].to_numpy(np.float64) + steps["decode_tokens"].to_numpy(np.float64)
@@ -436,16 +479,31 @@ def attribute(timeline: EnergyTimeline, steps: pd.DataFrame, requests: pd.DataFr
     per_w = np.divide(energy, total_w, out=np.zeros(n), where=total_w > 0)
     share = w * per_w[pos]
     attributed_steps = claimed * per_w
-    req_energy = np.bincount(work["row"].to_numpy(np.int64), share, minlength=len(records))
-    req_tokens = np.bincount(work["row"].to_numpy(np.int64), tokens, minlength=len(records))
-    req_work = np.bincount(work["row"].to_numpy(np.int64), w, minlength=len(records))
-    steps_out = pd.DataFrame({"replica": steps["replica"].to_numpy(), "step": steps["step"].to_numpy(),
-                              "start_s": steps["start_s"].to_numpy(), "end_s": steps["end_s"].to_numpy(),
-                              "energy_j": energy, "work": total_w, "attributed_j": attributed_steps})
-    req_out = pd.DataFrame({"id": [r.get("id") for r in records], "replica": [r.get("replica") for r in records],
+    req_energy = np.bincount(rows, share, minlength=n_req)
+    req_tokens = np.bincount(rows, tokens, minlength=n_req)
+    req_work = np.bincount(rows, w, minlength=n_req)
+    steps_out = {"replica": steps["replica"].to_numpy(), "step": steps["step"].to_numpy()}
+    steps_out.update({c: steps[c].to_numpy() for c in ("start_s", "end_s") if c in steps.columns})
+    steps_out.update({"energy_j": energy, "work": total_w, "attributed_j": attributed_steps})
+    req_out = pd.DataFrame({"id": _field(requests, "id"), "replica": _field(requests, "replica"),
                             "tokens": req_tokens, "work": req_work, "energy_j": req_energy})
     steps_j = float(energy.sum())
     attributed_j = float(req_energy.sum())
+    return Split(method, pd.DataFrame(steps_out), req_out, steps_j, attributed_j, steps_j - attributed_j)
+
+
+def attribute(timeline: EnergyTimeline, steps: pd.DataFrame, requests: pd.DataFrame | Sequence[Mapping[str, Any]],
+              method: str = "tokens", flops: FlopCoefficients | None = None,
+              devices: Mapping[int, Sequence[str]] | None = None, work: pd.DataFrame | None = None) -> Attribution:
+    """Step energies from ``timeline`` (``step_energies_j``) and each request's share (``split_step_energy``; see
+    the module docstring). ``work``: ``request_step_work(requests)`` when the caller already has it."""
+    _check_method(method, flops)
+    if not isinstance(requests, pd.DataFrame):
+        requests = list(requests)
+    energy = step_energies_j(timeline, steps, devices)
+    used = sorted({d for names in _device_map(timeline, steps["replica"] if len(steps) else [], devices).values()
+                   for d in names}) if len(steps) else list(timeline.devices)
+    split = split_step_energy(energy, steps, requests, method, flops, work)
     total_j = timeline.total_j(used)
-    return Attribution(method, steps_out, req_out, steps_j, attributed_j, steps_j - attributed_j,
-                       total_j - steps_j, total_j)
+    return Attribution(method, split.steps, split.requests, split.steps_j, split.attributed_j, split.unattributed_j,
+                       total_j - split.steps_j, total_j)

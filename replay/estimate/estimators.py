@@ -38,8 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from replay.energy.attribution import attribute
-from replay.energy.timeline import EnergyTimeline
+from replay.energy.attribution import Split, split_step_energy
 from replay.estimate.binned import binned_energy
 from replay.estimate.counting import coefficients, request_counts, step_counts
 from replay.estimate.forms import FORM_TITLES, Theta, preset
@@ -259,34 +258,18 @@ def flops(requests: pd.DataFrame, ctx: EstimateContext) -> Estimate:
 # --- roofline ------------------------------------------------------------------------------------------------
 
 
-def _split_by_tokens(step_j: np.ndarray, steps: pd.DataFrame, requests: pd.DataFrame) -> tuple[np.ndarray, Any]:
-    """Each request's share of the step energies by tokens processed, through replay.energy.attribution: it
-    splits a timeline's step windows, so it gets a timeline on a synthetic clock where each replica's k-th step
-    (in step order) occupies [k, k + 1] and holds its estimated energy."""
+def _split_by_tokens(step_j: np.ndarray, steps: pd.DataFrame, requests: pd.DataFrame) -> tuple[np.ndarray, Split]:
+    """Each request's share of the step energies by tokens processed (``replay.energy.attribution``'s
+    ``split_step_energy`` over the run's request records)."""
     for col in ("replica", "step"):
         if col not in steps.columns:
             raise ValueError(f"steps: missing column {col!r}; the roofline split needs the run's steps.jsonl")
-    rep = steps["replica"].to_numpy(np.int64)
-    order = np.lexsort((steps["step"].to_numpy(np.int64), rep))
-    pos = np.empty(len(steps), np.int64)
-    pos[order] = pd.Series(rep[order]).groupby(rep[order]).cumcount().to_numpy()
-    span = int(pos.max()) + 1 if len(pos) else 1
-    curves = {}
-    for r in np.unique(rep):
-        idx = order[rep[order] == r]
-        c = np.concatenate(([0.0], np.cumsum(step_j[idx])))
-        curves[f"replica{int(r)}"] = np.concatenate((c, np.full(span + 1 - len(c), c[-1])))
-    if not curves:
-        curves["replica0"] = np.zeros(span + 1)
-    timeline = EnergyTimeline(np.arange(span + 1, dtype=np.float64), curves, label="estimated (roofline)")
-    syn = steps[["replica", "step", "prefill_tokens", "decode_tokens", "sampled_seqs", "attn_pairs"]].copy()
-    syn["start_s"], syn["end_s"] = pos.astype(np.float64), pos + 1.0
     missing = [c for c in ("token_steps", "prefill_steps", "replica") if c not in requests.columns]
     if missing:
         raise ValueError(f"requests: missing column {missing[0]!r}; the roofline with steps splits step energy "
                          "over a run's request records (requests.jsonl)")
-    att = attribute(timeline, syn, requests, "tokens")
-    return att.requests["energy_j"].to_numpy(np.float64), att
+    split = split_step_energy(step_j, steps, requests, "tokens")
+    return split.requests["energy_j"].to_numpy(np.float64), split
 
 
 def roofline(requests: pd.DataFrame, ctx: EstimateContext) -> Estimate:

@@ -2,7 +2,7 @@
 the sums (attributed + unattributed = step energies; step energies + time outside steps = the timeline total),
 bad records named, and against the server loop's own per-request energies on a simulated run. The vectorised
 request_step_work against the per-record loop it replaced (kept here as the reference): the same frame, bit for
-bit, on simulated runs and odd records, and the same errors."""
+bit, on simulated runs and odd records, and the same errors; split_step_energy is attribute without the timeline."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from replay.config import RunConfig
 from replay.energy.attribution import FlopCoefficients, attribute, request_step_work, step_energies_j
+from replay.energy.attribution import split_step_energy
 from replay.energy.meters import model_timeline
 from replay.energy.timeline import EnergyTimeline
 
@@ -294,6 +295,28 @@ def test_request_step_work_equals_the_loop_on_simulated_runs(sim_run):
     assert_same_work(request_step_work(records), want)
 
 
+def test_split_with_work_given_on_simulated_runs(sim_run):
+    """Splitting the run's modelled step energies: with the work computed once and given, the same as without;
+    by tokens, each request gets what the server loop attributed to it."""
+    from replay.engines.sim.perf import PerfModel
+    from replay.specs import hardware, model
+
+    _, run = sim_run
+    steps, req = run.steps, run.requests
+    flops = FlopCoefficients.from_perf(PerfModel(model("llama-3.1-8b"), hardware("h100-sxm")))
+    work = request_step_work(req)
+    for method, coef in (("tokens", None), ("flops", flops)):
+        fresh = split_step_energy(steps["energy_j"], steps, req, method, coef)
+        given = split_step_energy(steps["energy_j"], steps, req, method, coef, work=work)
+        pd.testing.assert_frame_equal(given.requests, fresh.requests, check_exact=True)
+        pd.testing.assert_frame_equal(given.steps, fresh.steps, check_exact=True)
+        assert (given.steps_j, given.attributed_j, given.unattributed_j) == \
+            (fresh.steps_j, fresh.attributed_j, fresh.unattributed_j)
+        assert fresh.attributed_j == pytest.approx(fresh.steps_j, rel=1e-9)
+    by_tokens = split_step_energy(steps["energy_j"], steps, req, work=work)
+    np.testing.assert_allclose(by_tokens.requests["energy_j"], req["energy_j"].fillna(0.0), rtol=1e-9, atol=1e-9)
+
+
 def _odd_records():
     """Records the old loop accepted, ordinary and odd (no server writes the odd ones)."""
     return [
@@ -364,3 +387,41 @@ def test_bad_records_give_the_loops_error(fault, named):
         assert str(got.value) == str(want.value)
         if named and not isinstance(case, pd.DataFrame):
             assert str(got.value).startswith(f"request {named!r}:")
+
+
+# --- split_step_energy ------------------------------------------------------------------------------------------
+
+
+def test_split_step_energy_is_attribute_without_the_timeline():
+    tl, steps, records = hand_case()
+    energy = step_energies_j(tl, steps)
+    work = request_step_work(records)
+    for method, flops in (("tokens", None), ("flops", FlopCoefficients(2.0, 1.0, 1.0))):
+        a = attribute(tl, steps, records, method, flops)
+        s = split_step_energy(energy, steps, records, method, flops)
+        pd.testing.assert_frame_equal(s.steps, a.steps, check_exact=True)
+        pd.testing.assert_frame_equal(s.requests, a.requests, check_exact=True)
+        assert (s.method, s.steps_j, s.attributed_j, s.unattributed_j) == \
+            (a.method, a.steps_j, a.attributed_j, a.unattributed_j)
+        b = attribute(tl, steps, pd.DataFrame(records), method, flops, work=work)   # work computed once
+        pd.testing.assert_frame_equal(b.requests, a.requests, check_exact=True)
+        assert b.to_dict() == a.to_dict()
+    # estimated step energies: no timeline, no step times needed
+    s = split_step_energy(np.array([4.0, 2.0, 2.0]), steps.drop(columns=["start_s", "end_s"]), records)
+    assert list(s.steps.columns) == ["replica", "step", "energy_j", "work", "attributed_j"]
+    assert list(s.requests["energy_j"]) == pytest.approx([3.0 + 1 + 1, 1.0 + 1 + 1])
+    assert s.steps_j == 8.0 and s.unattributed_j == pytest.approx(0.0)
+
+
+def test_split_step_energy_refuses_what_does_not_fit():
+    tl, steps, records = hand_case()
+    with pytest.raises(ValueError, match="2 step energies for 3 steps"):
+        split_step_energy([1.0, 2.0], steps, records)
+    with pytest.raises(ValueError, match="give the FLOP coefficients"):
+        split_step_energy([1.0, 2.0, 3.0], steps, records, "flops")
+    with pytest.raises(ValueError, match="method 'joules'"):
+        split_step_energy([1.0, 2.0, 3.0], steps, records, "joules")
+    with pytest.raises(ValueError, match="outside the 1 given"):
+        split_step_energy([1.0, 2.0, 3.0], steps, records[:1], work=request_step_work(records))
+    with pytest.raises(ValueError, match="work has no column 'attn_pairs'"):
+        split_step_energy([1.0, 2.0, 3.0], steps, records, work=request_step_work(records).drop(columns="attn_pairs"))

@@ -203,6 +203,30 @@ def test_roofline_on_a_run_shares_weight_reads(tmp_path):
     assert batched.n_estimated == alone.n_estimated == 40
 
 
+def test_roofline_splits_the_estimated_step_energies_as_they_are(tmp_path):
+    """The roofline's split takes the estimated step energies directly (replay.energy.attribution's
+    split_step_energy; no timeline made up to be read back): the steps it splits hold exactly those joules, the
+    estimate is the token split of them, and what the records do not claim is 0 on a run that finished."""
+    from replay.energy.attribution import split_step_energy
+    from replay.estimate.estimators import _split_by_tokens
+
+    run = execute(RunConfig(trace=str(REPO / "traces" / "chat.jsonl"), limit=40, rate_scale=20.0, replicas=2,
+                            max_num_batched_tokens=512, model="llama-3.2-1b", out=str(tmp_path / "run")),
+                  progress=False)
+    ctx = EstimateContext(model("llama-3.2-1b"), hardware("h100-sxm"), steps=run.steps)
+    sc = step_counts(ctx.model, run.steps)
+    hw = ctx.hardware
+    step_j = hw.tdp_w * np.maximum(sc.flops / hw.peak_flops("bf16"), sc.bytes / hw.memory_bandwidth_bps)
+    shares, split = _split_by_tokens(step_j, run.steps, run.requests)
+    assert split.steps["energy_j"].to_numpy().tobytes() == step_j.tobytes()
+    assert split.steps_j == float(step_j.sum()) and split.unattributed_j == pytest.approx(0.0, abs=1e-9)
+    direct = split_step_energy(step_j, run.steps, run.requests, "tokens")
+    assert shares.tobytes() == direct.requests["energy_j"].to_numpy().tobytes()
+    batched = estimate("roofline", run.requests, ctx)
+    assert batched.per_request_j.tobytes() == shares.tobytes()
+    assert batched.assumptions["unattributed_j"] == split.unattributed_j
+
+
 # --- [SS26] forms --------------------------------------------------------------------------------------------
 
 
