@@ -4,12 +4,15 @@ wrong (run configs, fitted parameters, sweep specs, run records), so every reade
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import pandas as pd
 import yaml
 
-__all__ = ["read_jsonl", "read_yaml"]
+__all__ = ["plain", "read_jsonl", "read_yaml"]
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -65,3 +68,23 @@ def read_jsonl(path: str | Path, *, cut_last: bool = False, required: Sequence[s
             raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
         rows.append(row)
     return rows
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON/YAML data: numpy scalars and arrays to Python, a frame to its records, NaN and
+    infinity to None, containers recursively (for the files a run, a fit or a report writes)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, pd.DataFrame):
+        return [plain(r) for r in value.to_dict("records")]
+    if isinstance(value, (pd.Series, np.ndarray)):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # anything else JSON cannot hold: its text

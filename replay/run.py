@@ -24,11 +24,11 @@ import yaml
 
 from replay import arrivals
 from replay.config import RunConfig, load_config
-from replay.energy.attribution import FlopCoefficients, attribute
+from replay.energy.attribution import FlopCoefficients, attribute, request_step_work
 from replay.energy.meters import MODEL_LABEL, choose_meter, default_meters, gpus_in_use, measure_idle
 from replay.engines.sim.engine import SimEngine
 from replay.engines.sim.perf import PerfModel, load_perf
-from replay.files import read_jsonl
+from replay.files import plain, read_jsonl
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
 from replay.server import Recorder, Router, ServerLoop, run_clock
 from replay.specs import hardware, model
@@ -402,10 +402,10 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
               out: Path | None) -> tuple[Energy, pd.DataFrame, dict[str, Any]]:
     """Energy of a measured run: totals, idle share, each request's share by tokens and by FLOPs (recorded in
     requests.jsonl, rewritten with them), and power.csv."""
-    records = requests.to_dict("records")
-    by_tokens = attribute(timeline, steps, records, "tokens")
+    work = request_step_work(requests)  # once, for both splits
+    by_tokens = attribute(timeline, steps, requests, "tokens", work=work)
     flops = FlopCoefficients.from_perf(PerfModel(model(config.model), hardware(config.gpu), config.tp))
-    by_flops = attribute(timeline, steps, records, "flops", flops)
+    by_flops = attribute(timeline, steps, requests, "flops", flops, work=work)
     requests = requests.copy()
     requests["energy_j"] = by_tokens.requests["energy_j"].to_numpy()
     requests["energy_flops_j"] = by_flops.requests["energy_j"].to_numpy()
@@ -423,21 +423,9 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
 def _rewrite_requests(out: Path, requests: pd.DataFrame) -> None:
     """requests.jsonl again, whole, with the energy fields settled at the end of the run (atomic)."""
     tmp = out / "requests.jsonl.part"
-    tmp.write_text("".join(json.dumps(_plain(r), allow_nan=False, separators=(",", ":")) + "\n"
+    tmp.write_text("".join(json.dumps(plain(r), allow_nan=False, separators=(",", ":")) + "\n"
                            for r in requests.to_dict("records")), encoding="utf-8")
     tmp.replace(out / "requests.jsonl")
-
-
-def _plain(record: dict[str, Any]) -> dict[str, Any]:
-    """A record from a frame back to JSON-ready values (NaN -> None, numpy -> Python)."""
-    out = {}
-    for k, v in record.items():
-        if isinstance(v, float) and math.isnan(v):
-            v = None
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
 
 
 def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: float) -> Energy:

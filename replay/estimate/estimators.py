@@ -42,6 +42,7 @@ from replay.energy.attribution import Split, split_step_energy
 from replay.estimate.binned import binned_energy
 from replay.estimate.counting import coefficients, request_counts, step_counts
 from replay.estimate.forms import FORM_TITLES, Theta, preset
+from replay.files import plain
 from replay.specs import Hardware, ModelSpec
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS
 
@@ -115,22 +116,8 @@ class Estimate:
         """Plain values, ready for JSON (NaN per-request values as None)."""
         return {"estimator": self.estimator, "label": self.label, "total_j": self.total_j, "reason": self.reason,
                 "n_requests": self.n_requests, "n_estimated": self.n_estimated,
-                "assumptions": _plain(self.assumptions),
+                "assumptions": plain(self.assumptions),
                 "per_request_j": [float(v) if np.isfinite(v) else None for v in self.per_request_j]}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, pd.DataFrame):
-        return [_plain(r) for r in value.to_dict("records")]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 # --- the requests ---------------------------------------------------------------------------------------------

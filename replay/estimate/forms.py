@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from replay.files import read_yaml
+from replay.files import plain, read_yaml
 
 __all__ = [
     "FORMS", "FORM_TERMS", "FORM_TITLES", "PRESETS", "HeldOut", "Theta", "features", "fit", "kfold",
@@ -301,19 +301,8 @@ def _theta_dict(theta: Theta) -> dict[str, Any]:
         "source": theta.source,
     }
     if theta.fit is not None:
-        data["fit"] = _plain(theta.fit)
+        data["fit"] = plain(theta.fit)
     return data
-
-
-def _plain(value):
-    """Numpy scalars and tuples as plain YAML types."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def save_theta(theta: Theta, path) -> None:

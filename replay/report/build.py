@@ -17,8 +17,9 @@ import pandas as pd
 
 from replay.estimate.estimators import Estimate, EstimateContext
 from replay.estimate.forms import Theta, load_theta
+from replay.files import plain
 from replay.report.breakdown import EnergyBreakdown, energy_breakdown
-from replay.report.compare import Comparison, _plain, compare
+from replay.report.compare import Comparison, compare
 from replay.report.estimates import Assumed, parse_estimators, run_context, run_estimates
 from replay.report.rundir import RunData, from_result, load_run
 
@@ -44,7 +45,7 @@ class Report:
     def to_dict(self, per_request: bool = True) -> dict[str, Any]:
         """Plain values (no NaN) for report.json: everything the printed report shows, and the per-request
         rows with ``per_request``."""
-        return _plain({"run": self.overview, "assumed": self.assumed.to_dict(),
+        return plain({"run": self.overview, "assumed": self.assumed.to_dict(),
                        "comparison": self.comparison.to_dict(per_request=per_request),
                        "energy_breakdown": self.breakdown.to_dict(), "latency_s": self.latency_s})
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from replay.estimate.estimators import Estimate
+from replay.files import plain
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS, bin_indices
 
 __all__ = ["BinRow", "Comparison", "EstimatorTotal", "compare", "gap", "gap_text", "mape"]
@@ -98,7 +99,7 @@ class EstimatorTotal:
                 "gap_text": gap_text(self.gap) if self.gap is not None else None, "mape": self.mape,
                 "median_ape": self.median_ape, "mape_requests": self.mape_n, "run_estimate_j": self.run_estimate_j,
                 "run_gap": self.run_gap, "run_gap_text": gap_text(self.run_gap) if self.run_gap is not None else None,
-                "assumptions": _plain(self.assumptions)}
+                "assumptions": plain(self.assumptions)}
 
 
 @dataclass(frozen=True)
@@ -180,28 +181,8 @@ class Comparison:
                "bins": {"input_bins": list(self.input_bins), "output_bins": list(self.output_bins),
                         "above": dict(self.above_bins), "rows": [b.to_dict() for b in self.bins]}}
         if per_request:
-            out["per_request"] = [_plain(r) for r in self.requests.to_dict("records")]
+            out["per_request"] = [plain(r) for r in self.requests.to_dict("records")]
         return out
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars and arrays to Python, a frame to its records, NaN and infinity to None,
-    containers recursively; anything else JSON cannot hold as its text."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, pd.DataFrame):
-        return [_plain(r) for r in value.to_dict("records")]
-    if isinstance(value, (pd.Series, np.ndarray)):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 def _column(requests: pd.DataFrame, name: str) -> np.ndarray:
