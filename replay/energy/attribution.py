@@ -36,6 +36,7 @@ and c = input_tokens + j - 1, so attn_pairs = input_tokens + j.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from functools import partial
@@ -165,7 +166,8 @@ def _check_records(records: Sequence[Mapping[str, Any]]) -> None:
         if rec.get("status") == "rejected":
             continue
         for name in _NEEDED:
-            if name not in rec or rec[name] is None:
+            value = rec.get(name)
+            if value is None or (isinstance(value, float) and math.isnan(value)):  # a frame's missing cell: NaN
                 raise ValueError(f"request {rid!r}: no {name!r} in the record; attribution needs it"
                                  + (" (one [step, tokens] per step that processed prompt tokens)"
                                     if name == "prefill_steps" else ""))
