@@ -191,6 +191,7 @@ _RUN_OPTIONS = {
     "max_num_seqs": "max_num_seqs", "max_num_batched_tokens": "max_num_batched_tokens",
     "block_size": "block_size", "gpu_memory_utilization": "gpu_memory_utilization", "kv_blocks": "kv_blocks",
     "max_model_len": "max_model_len", "chunked_prefill": "chunked_prefill", "prefix_caching": "prefix_caching",
+    "enforce_eager": "enforce_eager",
     "perf": "perf", "slo": "slo", "out": "out", "meter": "meter", "meter_period_s": "meter_period_s",
     "idle_s": "idle_s",
 }
@@ -255,6 +256,9 @@ _RUN_DECORATORS = [
     click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True),
     click.option("--prefix-caching/--no-prefix-caching", default=False, show_default=True,
                   help="Share KV blocks between requests with equal prefix_blocks (e.g. Mooncake traces)."),
+    click.option("--eager/--no-eager", "enforce_eager", default=None,
+                  help="Real engine: eager mode (no CUDA graphs, no torch.compile), as [Na25] compares; default: "
+                       "eager on vLLM's CPU build, CUDA graphs on a GPU. The simulated engine ignores it."),
     click.option("--perf", type=click.Path(dir_okay=False, exists=True), default=None,
                   help="Performance parameters fitted by 'replay calibrate --perf'."),
     click.option("--slo", default=None, help="Goodput SLO, e.g. ttft=2s,tpot=100ms,e2e=30s."),

@@ -55,6 +55,7 @@ class RunConfig:
     chunked_prefill: bool = True
     prefix_caching: bool = False
     fuse_decodes: bool = True               # simulate identical decode steps in one go (same records; faster)
+    enforce_eager: bool | None = None        # real engine: eager mode; None: vLLM CPU eager, GPU CUDA graphs
     perf: str | None = None                  # fitted performance parameters (replay calibrate --perf)
     slo: str | None = None                   # "ttft=2s,tpot=100ms"
     meter: str = "auto"                      # energy: auto | nvml | rapl | model | none
@@ -95,6 +96,11 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name in ("chunked_prefill", "prefix_caching", "fuse_decodes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        if self.enforce_eager is not None and not isinstance(self.enforce_eager, bool):
+            raise ValueError(f"enforce_eager: expected true, false or null, got {self.enforce_eager!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
 

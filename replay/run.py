@@ -97,8 +97,8 @@ def _vllm_engine(config: RunConfig):
     return vllm.VllmEngine(
         config.model, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
         enable_chunked_prefill=config.chunked_prefill, enable_prefix_caching=config.prefix_caching,
-        tensor_parallel_size=config.tp, gpu_memory_utilization=config.gpu_memory_utilization,
-        block_size=config.block_size, seed=config.seed, max_model_len=config.max_model_len,
+        tensor_parallel_size=config.tp, enforce_eager=config.enforce_eager,
+        gpu_memory_utilization=config.gpu_memory_utilization, block_size=config.block_size, seed=config.seed, max_model_len=config.max_model_len,
         dtype=config.dtype or "auto", **extra)
 
 

@@ -296,6 +296,20 @@ def test_run_config_file_with_command_line_overrides(tmp_path):
     assert max(s["num_seqs"] for s in steps) <= 4
 
 
+def test_config_file_booleans_are_checked_and_eager_is_kept(tmp_path):
+    """A run config's true/false keys must be booleans (a quoted "no" is a mistake, named); --eager/--no-eager
+    is kept in config.yaml (null when not given: the engine's own choice)."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"trace: {TRACES / 'chat.jsonl'}\nlimit: 5\nchunked_prefill: 'no'\n")
+    assert_one_error_line(run("run", "--config", cfg, "--out", tmp_path / "a", "--quiet"), "chunked_prefill", "'no'")
+    cfg.write_text(f"trace: {TRACES / 'chat.jsonl'}\nlimit: 5\nenforce_eager: 1\n")
+    assert_one_error_line(run("run", "--config", cfg, "--out", tmp_path / "b", "--quiet"), "enforce_eager")
+    for flag, want in ((), "null"), (("--eager",), "true"), (("--no-eager",), "false"):
+        out = tmp_path / f"r{want}"
+        assert run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", out, "--quiet", *flag).exit_code == 0
+        assert f"enforce_eager: {want}" in (out / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--model", "no-such-model"], ["no-such-model"]),
     (["--gpu", "tpu9"], ["tpu9"]),

@@ -339,5 +339,6 @@ class VllmEngine:
                 "max_model_len": self.max_model_len, "block_size": self.block_size,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "chunked_prefill": self.chunked_prefill, "prefix_caching": self.prefix_caching,
+                "enforce_eager": self.engine_args["enforce_eager"],
                 "kv_blocks_total": self.kv_blocks_total, "startup_s": self.startup_s,
                 "gpu_memory_utilization": self.engine_args["gpu_memory_utilization"]}

@@ -347,7 +347,7 @@ def test_interrupted_online_run_resumes_to_the_same_finished_requests(engines, t
     out = tmp_path / "run"
     config = RunConfig(trace=str(TRACES / "chat.jsonl"), engine="vllm", model="tiny-llama", duration_s=20.0,
                        speedup=4.0, max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=MAX_BATCHED, meter="none",
-                       idle_s=0.0, out=str(out))
+                       idle_s=0.0, enforce_eager=True, out=str(out))
     interrupt_after(monkeypatch, 8, lambda: execute(config, progress=False))
     kept = (out / "requests.jsonl").read_text().splitlines()
     assert len(kept) == 8 and not (out / "summary.json").exists()
@@ -364,3 +364,4 @@ def test_interrupted_online_run_resumes_to_the_same_finished_requests(engines, t
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(len(steps)))
     assert all(a["end_s"] <= b["start_s"] for a, b in zip(steps, steps[1:]))
+    assert resumed.engine["enforce_eager"] is True and whole.engine["enforce_eager"] is True  # passed through
