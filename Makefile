@@ -40,6 +40,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/convert_speed.py
 	$(BIN)/python benchmarks/sim_speed.py
 	$(BIN)/python benchmarks/sim_fidelity.py
+	$(BIN)/python benchmarks/attribution_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
