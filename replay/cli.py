@@ -274,6 +274,33 @@ _RUN_DECORATORS = [
 ]
 
 
+# A running server as the engine (replay run only: plan's --target is its latency target).
+_SERVER_OPTIONS = {"target": "targets", "launch": "launch", "launch_timeout_s": "launch_timeout_s",
+                   "target_gpus": "target_gpus", "request_timeout_s": "request_timeout_s"}
+_SERVER_DECORATORS = [
+    click.option("--target", multiple=True, metavar="URL",
+                 help="A running OpenAI-compatible server (vllm serve, SGLang, trtllm-serve), e.g. "
+                      "http://127.0.0.1:8000; one per replica (the router spreads requests over them). Its steps "
+                      "are reconstructed from the streamed token times, and energy split over them."),
+    click.option("--launch", default=None, metavar="COMMAND",
+                 help="Start the server with this command (e.g. \"vllm serve MODEL --port 8000\"), wait until it "
+                      "is healthy, run, and stop it; its log goes to the run directory's server.log."),
+    click.option("--launch-timeout-s", type=float, default=600.0, show_default=True,
+                 help="How long --launch waits for the server's /health."),
+    click.option("--target-gpus", default=None, metavar="IDS",
+                 help="The server's GPUs to measure, NVML indices or UUIDs, comma-separated (default: those "
+                      "--launch gave it; every GPU here for a local server)."),
+    click.option("--request-timeout-s", type=float, default=3600.0, show_default=True,
+                 help="A server request's whole stream, at most (then it fails as a timeout)."),
+]
+
+
+def server_options(fn):
+    for decorator in reversed(_SERVER_DECORATORS):
+        fn = decorator(fn)
+    return fn
+
+
 def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, online: bool, options: dict,
                 default_out: str | None) -> RunConfig:
     """The RunConfig of a command: the --config file's keys, overridden by options given on the command line;
@@ -283,6 +310,10 @@ def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, 
     for option, key in _RUN_OPTIONS.items():
         if key not in data or source(option) is not ParameterSource.DEFAULT:
             data[key] = options[option]
+    for option, key in _SERVER_OPTIONS.items():
+        if option in options and (key not in data or source(option) is not ParameterSource.DEFAULT):
+            value = options[option]
+            data[key] = (list(value) or None) if option == "target" else value
     gpus = options.pop("gpus", None)
     if gpus is not None:
         if source("replicas") is not ParameterSource.DEFAULT:
@@ -317,6 +348,7 @@ def _default_out(trace: str, what: str) -> str:
 @main.command("run")
 @click.argument("trace", type=click.Path(dir_okay=False), required=False)
 @run_options
+@server_options
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Go on with the interrupted run in this directory (its own config.yaml; no other options).")
 @click.option("--force", is_flag=True, help="Replace the run files already in --out.")
@@ -335,6 +367,8 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
       replay run traces/chat.jsonl --engine sim --online
       replay run traces/chat.jsonl --rate-scale 2 --replicas 4 --slo ttft=1s,tpot=50ms
       replay run traces/code.jsonl --offline --batch-size 32 --gpu a100-80gb
+      replay run traces/chat.jsonl --online --target http://127.0.0.1:8000
+      replay run traces/chat.jsonl --launch "vllm serve meta-llama/Llama-3.1-8B --port 8000"
       replay run --resume runs/chat-sim-20261121-101500
     """
     if resume_dir is not None:
@@ -349,9 +383,9 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
         out = config.out
     try:
         if resume_dir is not None:
-            result = resume(resume_dir, progress=not quiet)
+            result = resume(resume_dir, progress=not quiet, say=click.echo)
         else:
-            result = execute(config, force=force, progress=not quiet, choices=choices)
+            result = execute(config, force=force, progress=not quiet, choices=choices, say=click.echo)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted: the requests finished so far are in {out}/requests.jsonl; "
                                    f"go on with: replay run --resume {out}") from None

@@ -16,7 +16,7 @@ from replay.files import read_yaml
 
 __all__ = ["ENGINES", "METER_CHOICES", "RunConfig", "load_config"]
 
-ENGINES = ("auto", "sim", "vllm")
+ENGINES = ("auto", "sim", "vllm", "server")
 METER_CHOICES = ("auto", "nvml", "rapl", "model", "none")
 RATE_SCALE_HOW = ("compress", "thin-dup")
 
@@ -26,7 +26,8 @@ class RunConfig:
     """Everything one ``replay run`` needs; ``resolve()`` fills in the arrival process from the mode."""
 
     trace: str
-    engine: str = "sim"                      # auto: vllm where installed and the options allow, else sim (the CLI default)
+    engine: str = "sim"                      # auto: vllm where installed and the options allow, else sim (the CLI default);
+                                             # server: a running server over HTTP (targets / launch)
     mode: str = "online"                     # online | offline
     arrival: str | None = None               # a key of replay.arrivals.PROCESSES; None: chosen from the mode
     rate_per_s: float | None = None          # poisson / gamma
@@ -62,6 +63,11 @@ class RunConfig:
     meter_period_s: float = 0.1              # background sampling period of nvml / rapl
     idle_s: float = 3.0                      # idle power measured this long before a measured run (0: not)
     out: str | None = None
+    targets: list[str] | None = None         # server: one OpenAI-compatible server URL per replica
+    launch: str | None = None                # server: the command that starts it (replay starts and stops it)
+    launch_timeout_s: float = 600.0          # server: how long --launch waits for /health
+    target_gpus: str | None = None           # server: the GPUs it runs on (NVML indices or UUIDs, comma-separated)
+    request_timeout_s: float = 3600.0        # server: one request's whole stream, at most
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -101,6 +107,26 @@ class RunConfig:
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.enforce_eager is not None and not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager: expected true, false or null, got {self.enforce_eager!r}")
+        if self.targets is not None:
+            if not isinstance(self.targets, list) or not self.targets or not all(
+                    isinstance(t, str) and t for t in self.targets):
+                raise ValueError(f"targets: expected a list of server URLs, got {self.targets!r}")
+        if self.launch is not None and not (isinstance(self.launch, str) and self.launch.strip()):
+            raise ValueError(f"launch: expected a command, got {self.launch!r}")
+        if self.target_gpus is not None and not isinstance(self.target_gpus, str):
+            raise ValueError(f"target_gpus: expected GPU indices or UUIDs, comma-separated, got {self.target_gpus!r}")
+        for name in ("launch_timeout_s", "request_timeout_s"):
+            if not (_number(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name}: expected a finite number > 0, got {getattr(self, name)!r}")
+        server = self.targets is not None or self.launch is not None
+        if server and self.engine not in ("auto", "server"):
+            raise ValueError(f"engine: {self.engine!r} runs in this process; --target and --launch drive a running "
+                             "server (--engine server, or auto)")
+        if self.engine == "server" and not server:
+            raise ValueError("engine: 'server' needs the server's URL (--target URL) or its command (--launch)")
+        if server and self.launch is not None and self.targets is not None and len(self.targets) > 1:
+            raise ValueError("launch: replay starts one server; give one --target (or none: taken from the "
+                             "command's --host and --port)")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
 

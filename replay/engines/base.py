@@ -14,7 +14,11 @@ import numpy as np
 
 from replay.trace.schema import Request
 
-__all__ = ["DecodeRun", "Engine", "Step", "StepShape", "capacity_rejection"]
+__all__ = ["STATUSES", "DecodeRun", "Engine", "Step", "StepShape", "capacity_rejection"]
+
+# How a request's record ends: finished; rejected (it can never run here, or the server refused it); unfinished
+# (a run stopped before it ended); failed (a server run: HTTP 5xx, a timeout, a broken stream, too few tokens).
+STATUSES = ("finished", "rejected", "unfinished", "failed")
 
 
 @dataclass(frozen=True, slots=True)

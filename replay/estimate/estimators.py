@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from replay.energy.attribution import Split, split_step_energy
+from replay.engines.base import STATUSES
 from replay.estimate.binned import binned_energy
 from replay.estimate.counting import coefficients, request_counts, step_counts
 from replay.estimate.forms import FORM_TITLES, Theta, preset
@@ -51,7 +52,6 @@ __all__ = ["ESTIMATORS", "FORM_ESTIMATOR", "NA25_PEAK_FLOPS", "PEAKS", "Estimate
 
 PEAKS = ("dense", "sparse")
 NA25_PEAK_FLOPS = 309.7e12      # [Na25]'s FLOPS_hw: the A6000's sparse fp16 tensor peak
-_STATUSES = ("finished", "rejected", "unfinished")
 # [SS26] form -> the estimator that uses it, and back
 FORM_ESTIMATOR = {"eq5": "sweetspot", "eq4": "sweetspot-flops", "b1": "b1", "b2": "b2", "b3": "b3", "b4": "b4"}
 _FORM_OF = {name: form for form, name in FORM_ESTIMATOR.items()}
@@ -152,13 +152,13 @@ def _rows(requests: pd.DataFrame) -> _Rows:
     left: dict[str, int] = {}
     if "status" in requests.columns:
         status = requests["status"].to_numpy()
-        unknown = ~np.isin(status, _STATUSES)
+        unknown = ~np.isin(status, STATUSES)
         if unknown.any():
             i = int(np.argmax(unknown))
             raise ValueError(f"requests: request {_rid(requests, i)!r}: field 'status': expected one of "
-                             f"{', '.join(_STATUSES)}, got {status[i]!r}")
+                             f"{', '.join(STATUSES)}, got {status[i]!r}")
         ok = status == "finished"
-        left = {s: int(np.count_nonzero(status == s)) for s in _STATUSES[1:]}
+        left = {s: int(np.count_nonzero(status == s)) for s in STATUSES[1:]}
 
     def column(name: str) -> np.ndarray:
         if name not in requests.columns:

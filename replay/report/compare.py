@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replay.engines.base import STATUSES
 from replay.estimate.estimators import Estimate
 from replay.files import plain
 from replay.trace.bins import DEFAULT_INPUT_BINS, DEFAULT_OUTPUT_BINS, bin_indices
 
 __all__ = ["BinRow", "Comparison", "EstimatorTotal", "compare", "gap", "gap_text", "mape"]
 
-_STATUSES = ("finished", "rejected", "unfinished")
 
 
 def gap(recorded_j: float | None, estimate_j: float | None) -> float | None:
@@ -214,12 +214,12 @@ def compare(requests: pd.DataFrame, estimates: dict[str, Estimate], kind: str | 
         if n and col not in requests.columns:
             raise ValueError(f"requests: missing field {col!r}")
     status = requests["status"].to_numpy(dtype=object) if n else np.empty(0, dtype=object)
-    unknown = ~np.isin(status, _STATUSES)
+    unknown = ~np.isin(status, STATUSES)
     if unknown.any():
         i = int(np.argmax(unknown))
-        raise ValueError(f"requests: row {i}: field 'status' is {status[i]!r}; expected one of {', '.join(_STATUSES)}")
+        raise ValueError(f"requests: row {i}: field 'status' is {status[i]!r}; expected one of {', '.join(STATUSES)}")
     finished = status == "finished"
-    left_out = {s: int((status == s).sum()) for s in _STATUSES[1:] if (status == s).any()}
+    left_out = {s: int((status == s).sum()) for s in STATUSES[1:] if (status == s).any()}
 
     recorded = _column(requests, "energy_j")
     if kind is None:

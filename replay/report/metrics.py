@@ -44,9 +44,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from replay.engines.base import STATUSES
+
 __all__ = ["SLO", "Dist", "Energy", "Summary", "format_summary", "itl_s", "parse_slo", "summarize"]
 
-STATUSES = ("finished", "rejected", "unfinished")
 LATENCIES = ("ttft", "tpot", "itl", "e2el", "queue")  # vLLM's names; queue (queueing delay) is ours
 
 
@@ -189,6 +190,10 @@ class Summary:
     arrival_lag_p50_s: float | None = None
     arrival_lag_p99_s: float | None = None
     arrival_lag_max_s: float | None = None
+    # a server run: requests that broke (HTTP 5xx, timeout, broken stream, fewer tokens), and each kind's count
+    failed: int = 0
+    failures: tuple[tuple[str, int], ...] = ()
+    steps_source: str = "recorded"      # or "reconstructed from token times" (a server run: steps not visible)
 
     def to_dict(self) -> dict:
         """A flat dict of plain ints, floats, str and None (no numpy types, no NaN), ready for
@@ -200,6 +205,9 @@ class Summary:
             if isinstance(v, Dist):
                 for stat in ("mean", "median", "p90", "p99"):
                     out[f"{stat}_{f.name}_s"] = _plain(getattr(v, f"{stat}_s"))
+            elif f.name == "failures":  # flat: failed_<kind> (failed_timeout, failed_http_500, ...)
+                for kind, count in v:
+                    out["failed_" + re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")] = int(count)
             elif f.name == "slo":
                 for name in ("ttft_s", "tpot_s", "e2e_s"):
                     out[f"slo_{name}"] = None if v is None else _plain(getattr(v, name))
@@ -362,6 +370,16 @@ def itl_s(requests: pd.DataFrame, steps: pd.DataFrame) -> np.ndarray:
     return gaps[keep]
 
 
+def _itl(requests: pd.DataFrame, steps: pd.DataFrame) -> np.ndarray:
+    """ITL from the clients' own token times where the records carry them (a server run: the steps are a
+    reconstruction; a chunk of several tokens counts once, as vLLM's client counts it), else ``itl_s``."""
+    if "token_times_s" not in requests.columns:
+        return itl_s(requests, steps)
+    gaps = [np.diff(np.unique(np.asarray(t, dtype=float))) for t in requests["token_times_s"].tolist()
+            if isinstance(t, (list, np.ndarray)) and len(t) > 1]
+    return np.concatenate(gaps) if gaps else np.empty(0)
+
+
 # --- the summary --------------------------------------------------------------------------------------------
 
 
@@ -399,7 +417,7 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, energy: Energy, slo: 
     lat = {
         "ttft": _dist(ttft), "tpot": _dist(tpot), "e2el": _dist(e2e),
         "queue": _dist(_floats(requests, "queue_s", "requests")[fin]),
-        "itl": _dist(itl_s(requests[fin], steps) if n_fin else np.empty(0)),
+        "itl": _dist(_itl(requests[fin], steps) if n_fin else np.empty(0)),
     }
 
     good = goodput = fraction = None
@@ -444,7 +462,13 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, energy: Energy, slo: 
         x = _floats(steps, name, "steps")
         return float(np.nanmean(x)) if n_steps and not np.isnan(x).all() else None
 
+    failures: dict[str, int] = {}
+    if n and "error" in requests.columns:
+        for kind in requests["error"].to_numpy(dtype=object)[status == "failed"]:
+            failures[str(kind)] = failures.get(str(kind), 0) + 1
     return Summary(
+        failed=int((status == "failed").sum()), failures=tuple(sorted(failures.items())),
+        steps_source="reconstructed from token times" if n and "token_times_s" in requests.columns else "recorded",
         requests=n, finished=n_fin, rejected=int((status == "rejected").sum()),
         unfinished=int((status == "unfinished").sum()),
         preemptions=int(preempt.sum()), requests_preempted=int((preempt > 0).sum()),
@@ -492,7 +516,8 @@ def format_summary(s: Summary) -> str:
     w = 18
     lines = [
         f"{'requests':<{w}}{s.requests} (finished {s.finished}, rejected {s.rejected}, "
-        f"unfinished {s.unfinished})",
+        f"unfinished {s.unfinished}" + (f", failed {s.failed}: " + ", ".join(f"{k} {c}" for k, c in s.failures)
+                                        if s.failed else "") + ")",
         f"{'preemptions':<{w}}{s.preemptions} in {s.requests_preempted} requests",
         f"{'duration':<{w}}{_num(s.duration_s, ',.3f', ' s')}",
         f"{'throughput':<{w}}{_num(s.request_throughput, ',.3f', ' req/s')}, "
@@ -532,7 +557,8 @@ def format_summary(s: Summary) -> str:
                      f"{s.arrival_lag_p99_s * 1000:,.2f}, max {s.arrival_lag_max_s * 1000:,.2f} "
                      "(handed to the server after the time it was due)")
     kv = "-" if s.peak_kv_use_fraction is None else f"{s.peak_kv_use_fraction:.1%}"
-    lines.append(f"{'steps':<{w}}{s.steps:,}; mean batch {_num(s.mean_batch_seqs, ',.2f', ' seqs')}; "
+    lines.append(f"{'steps':<{w}}{s.steps:,}" + ("" if s.steps_source == "recorded" else f" {s.steps_source}")
+                 + f"; mean batch {_num(s.mean_batch_seqs, ',.2f', ' seqs')}; "
                  f"{_num(s.mean_prefill_tokens_per_step, ',.1f')} prefill + "
                  f"{_num(s.mean_decode_tokens_per_step, ',.1f')} decode tokens/step; peak KV {kv}")
     return "\n".join(lines)
