@@ -401,9 +401,11 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
         requests = pd.concat([old_requests, requests], ignore_index=True)
     extra: dict[str, Any] = {"choices": choices, "meter": choice}
     if server:  # its steps are not visible over HTTP: rebuilt from every record's token times
-        requests, steps, rebuilt = _reconstructed(requests, out, _token_budget(config))
-        extra["reconstruction"] = {**rebuilt.to_dict(), "token_budget": _token_budget(config)}
         extra["server_metrics"] = _metrics_delta(engines, metrics_after)
+        # the servers' own step counts calibrate the grouping, when they cover every record (not after a resume)
+        known = None if len(old_requests) else {i: m.get("iterations") for i, m in enumerate(extra["server_metrics"])}
+        requests, steps, rebuilt = _reconstructed(requests, out, _token_budget(config), known)
+        extra["reconstruction"] = {**rebuilt.to_dict(), "token_budget": _token_budget(config)}
     elif len(old_steps):
         steps = pd.concat([old_steps[list(steps.columns)], steps], ignore_index=True)
         steps = steps.sort_values(["replica", "step"], kind="stable", ignore_index=True)
@@ -491,11 +493,12 @@ def _token_budget(config: RunConfig) -> int:
     return config.max_num_batched_tokens
 
 
-def _reconstructed(requests: pd.DataFrame, out: Path | None, token_budget: int | None):
+def _reconstructed(requests: pd.DataFrame, out: Path | None, token_budget: int | None,
+                   steps_known: dict[int, Any] | None = None):
     """A server run's records with ``token_steps`` and ``prefill_steps`` from the reconstruction, its steps,
     and the reconstruction; steps.jsonl written whole."""
     from replay.energy.reconstruct import reconstruct_steps
-    rebuilt = reconstruct_steps(requests, token_budget=token_budget)
+    rebuilt = reconstruct_steps(requests, token_budget=token_budget, steps_known=steps_known)
     requests = requests.copy()
     if len(requests):
         requests["token_steps"] = rebuilt.token_steps

@@ -5,9 +5,16 @@ A continuous-batching server emits, at the end of each forward pass, one token f
 batch that sampled one; its streams carry them to the client together. So the token times of all requests in
 flight on one replica, merged and sorted, fall into groups, one per step, and:
 
-- a request emits at most one token per step: a second token of the same request starts a new group;
-- a gap between consecutive token times longer than ``gap_fraction`` x the median inter-token gap of single
-  requests (their ITL) also starts one (the server stepped with nothing to show, or went idle).
+- a request emits at most one token per step, in step order;
+- the tokens of one step reach the client within a short window: ``gap_fraction`` x the typical step time
+  (the median over requests of their mean inter-token time, TPOT).
+
+So each token, in time order, joins the earliest group that started at most that window before it, holds
+no token of its request yet and comes after the request's last group; else it starts a new group. (A token
+delivered late, after the next step's first tokens, still goes back to its own step while within the window.)
+Where the server counts its own steps (vLLM's ``/metrics``), the window is the one whose groups come closest
+to that count: a client on a busy machine reads the streams late and unevenly, and a fixed window would then
+split steps.
 
 Step k of a replica then ends at its group's first token time and starts where step k - 1 ended, or at the
 earliest send time of the requests in the group when the server had nothing in flight before (so idle gaps
@@ -32,6 +39,7 @@ equal times; the earlier k - 1 are spread evenly back to the request's previous 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -40,7 +48,8 @@ import pandas as pd
 
 __all__ = ["GAP_FRACTION", "Reconstruction", "reconstruct_steps", "spread_times"]
 
-GAP_FRACTION = 0.5
+GAP_FRACTION = 0.75
+CALIBRATION_FRACTIONS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # tried when the server's own step count is known
 MIN_GAP_S = 1e-4          # with no inter-token gaps to learn from (one-token requests): 0.1 ms
 STEP_COLUMNS = ("replica", "step", "start_s", "end_s", "duration_s", "prefill_tokens", "decode_tokens", "num_seqs",
                 "sampled_seqs", "attn_pairs", "kv_read_tokens", "running", "waiting", "kv_blocks_used",
@@ -50,17 +59,19 @@ STEP_COLUMNS = ("replica", "step", "start_s", "end_s", "duration_s", "prefill_to
 @dataclass(frozen=True)
 class Reconstruction:
     """Reconstructed steps (``replay.server.STEP_FIELDS`` columns) and, per request record (same order as
-    given), its ``token_steps`` and ``prefill_steps``; ``gap_s`` per replica: the gap that split groups."""
+    given), its ``token_steps`` and ``prefill_steps``; per replica, how it was grouped: the window, the steps
+    against the server's own count where known, and the delivery spread (how long after a group's first token
+    its last one came: the streams' jitter as this client saw it)."""
 
     steps: pd.DataFrame
     token_steps: list[list[list[int]]]
     prefill_steps: list[list[list[int]]]
-    gap_s: dict[int, float]
+    replicas: dict[int, dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "token-time groups (one token per request per step; gap > "
-                          f"{GAP_FRACTION:g} x median ITL splits)",
-                "steps": int(len(self.steps)), "gap_s": {str(k): v for k, v in self.gap_s.items()}}
+        return {"method": "token-time groups: one token per request per step, a step's tokens within a window "
+                          "of the median TPOT (calibrated to the server's step count where it reports one)",
+                "steps": int(len(self.steps)), "replicas": {str(k): v for k, v in self.replicas.items()}}
 
 
 def spread_times(times_s: Sequence[float]) -> np.ndarray:
@@ -92,13 +103,16 @@ def _field(rec: Mapping[str, Any], name: str, default: Any = None) -> Any:
 
 
 def reconstruct_steps(records: pd.DataFrame | Sequence[Mapping[str, Any]], gap_fraction: float = GAP_FRACTION,
-                      token_budget: int | None = None) -> Reconstruction:
+                      token_budget: int | None = None,
+                      steps_known: Mapping[int, int | None] | None = None) -> Reconstruction:
     """Reconstruct the steps of every replica from the records' ``token_times_s`` (run clock, one per output
     token), ``sent_s`` (else ``submitted_s``), ``finished_s``, ``input_tokens``, ``cached_tokens`` and
     ``replica``. Records without token times (rejected, failed before a token) get no steps.
     ``token_budget``: the server's tokens per step (vLLM's ``max_num_batched_tokens``): prompts are then chunked
     back over the steps before their first token, as chunked prefill runs them; None: each prompt whole at its
-    first token."""
+    first token. ``steps_known``: per replica, the number of steps the server itself counted (vLLM's
+    ``vllm:iteration_tokens_total_count`` over the run): the window is then the one of ``CALIBRATION_FRACTIONS``
+    (or ``gap_fraction``) whose groups come closest to it."""
     if token_budget is not None and not (isinstance(token_budget, int) and token_budget >= 1):
         raise ValueError(f"token_budget: expected an integer >= 1 or None, got {token_budget!r}")
     recs = records.to_dict("records") if isinstance(records, pd.DataFrame) else list(records)
@@ -116,42 +130,74 @@ def reconstruct_steps(records: pd.DataFrame | Sequence[Mapping[str, Any]], gap_f
             raise ValueError(f"request {rec.get('id')!r}: field 'token_times_s': expected finite times in order")
         by_replica.setdefault(int(_field(rec, "replica", 0)), []).append((t, i))
     frames = []
-    gaps: dict[int, float] = {}
+    infos: dict[int, dict[str, Any]] = {}
     for replica in sorted(by_replica):
-        frame, gap = _replica_steps(replica, by_replica[replica], recs, token_steps, prefill_steps, gap_fraction,
-                                    token_budget)
+        known = (steps_known or {}).get(replica)
+        frame, info = _replica_steps(replica, by_replica[replica], recs, token_steps, prefill_steps, gap_fraction,
+                                     token_budget, int(known) if known else None)
         frames.append(frame)
-        gaps[replica] = gap
+        infos[replica] = info
     steps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in STEP_COLUMNS})
-    return Reconstruction(steps, token_steps, prefill_steps, gaps)
+    return Reconstruction(steps, token_steps, prefill_steps, infos)
+
+
+def _group(times: np.ndarray, owner: np.ndarray, window_s: float) -> tuple[np.ndarray, list[float]]:
+    """Each token (in time order) joins the earliest recent group (started within ``window_s`` before it) that
+    holds nothing of its request and comes after the request's last group, else starts a new one: the group of
+    each token, and each group's first time (a Python pass over the tokens)."""
+    group = np.empty(times.size, dtype=np.int64)
+    starts: list[float] = []
+    recent: deque[tuple[float, int, set[int]]] = deque()   # (start, index, requests) of groups still open
+    last_of: dict[int, int] = {}
+    for j, (t, o) in enumerate(zip(times.tolist(), owner.tolist())):
+        while recent and recent[0][0] < t - window_s:
+            recent.popleft()
+        after = last_of.get(o, -1)
+        for start, k, members in recent:
+            if k > after and o not in members:
+                break
+        else:
+            k, members = len(starts), set()
+            starts.append(t)
+            recent.append((t, k, members))
+        members.add(o)
+        group[j] = k
+        last_of[o] = k
+    return group, starts
 
 
 def _replica_steps(replica: int, series: list[tuple[np.ndarray, int]], recs: list, token_steps: list,
-                   prefill_steps: list, gap_fraction: float, token_budget: int | None) -> tuple[pd.DataFrame, float]:
+                   prefill_steps: list, gap_fraction: float, token_budget: int | None,
+                   steps_known: int | None) -> tuple[pd.DataFrame, dict[str, Any]]:
     times = np.concatenate([t for t, _ in series])
     owner = np.concatenate([np.full(t.size, i, dtype=np.int64) for t, i in series])
     index = np.concatenate([np.arange(t.size, dtype=np.int64) for t, _ in series])
-    itl = np.concatenate([np.diff(t) for t, _ in series])
-    itl = itl[itl > 0]
-    gap_s = max(gap_fraction * float(np.median(itl)), MIN_GAP_S) if itl.size else MIN_GAP_S
+    # the typical step time: the median over requests of their mean inter-token time (TPOT), which streams
+    # delivered in bursts (a busy server flushing several events at once) do not shrink as single gaps would
+    tpot = np.array([(t[-1] - t[0]) / (t.size - 1) for t, _ in series if t.size > 1])
+    median_itl = float(np.median(tpot)) if tpot.size else 0.0
     order = np.lexsort((index, owner, times))
     times, owner, index = times[order], owner[order], index[order]
 
-    # group: a new step at a repeated request or a long gap (a Python pass: one comparison per token)
-    group = np.empty(times.size, dtype=np.int64)
-    g = -1
-    seen: set[int] = set()
-    last_t = -math.inf
-    for j, (t, o) in enumerate(zip(times.tolist(), owner.tolist())):
-        if o in seen or t - last_t > gap_s:
-            g += 1
-            seen = set()
-        seen.add(o)
-        group[j] = g
-        last_t = t
-    n_steps = g + 1
-    first_of = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    end_s = times[first_of]
+    def window(fraction: float) -> float:
+        return max(fraction * median_itl, MIN_GAP_S)
+
+    group, starts = _group(times, owner, window(gap_fraction))
+    fraction = gap_fraction
+    if steps_known:  # the server counted its steps: take the window whose groups come closest to that count
+        for f in CALIBRATION_FRACTIONS:
+            g, st = _group(times, owner, window(f))
+            if abs(len(st) - steps_known) < abs(len(starts) - steps_known):
+                group, starts, fraction = g, st, f
+    gap_s = window(fraction)
+    n_steps = len(starts)
+    end_s = np.array(starts)
+    spread = np.zeros(n_steps)
+    np.maximum.at(spread, group, times - end_s[group])
+    info = {"window_s": gap_s, "window_fraction_of_median_tpot": fraction, "median_tpot_s": median_itl,
+            "steps": n_steps, "server_steps": steps_known,
+            "delivery_spread_p50_s": float(np.median(spread)) if n_steps else None,
+            "delivery_spread_p99_s": float(np.percentile(spread, 99)) if n_steps else None}
 
     # decodes: every token but a request's first, one each
     n_in_of = {i: float(_field(recs[i], "input_tokens", 0)) for _, i in series}
@@ -236,4 +282,4 @@ def _replica_steps(replica: int, series: list[tuple[np.ndarray, int]], recs: lis
         "waiting": np.zeros(n_steps, dtype=np.int64), "kv_blocks_used": np.zeros(n_steps, dtype=np.int64),
         "kv_blocks_total": np.zeros(n_steps, dtype=np.int64), "preempted": np.zeros(n_steps, dtype=np.int64),
         "energy_j": np.full(n_steps, np.nan)}, columns=list(STEP_COLUMNS))
-    return frame, gap_s
+    return frame, info
