@@ -3,8 +3,9 @@ replay's energy fields, so a vLLM user loads replay's runs where they load their
 
 Field names and units are vLLM's: milliseconds for ``{mean,median,std,p90,p99}_{ttft,tpot,itl,e2el}_ms``,
 seconds for ``duration``, ``ttfts`` and ``latencies``, per-request lists in record order (``errors`` "" for a
-request that finished). ``itls`` (per request, seconds) is filled where the records carry token times (a
-server run) and from the step records otherwise. vLLM counts ``completed`` requests only in throughputs, and
+request that finished). ``itls`` (per request, seconds) is filled where the records carry the client's token
+times (a server run); in-process and simulated runs leave them empty (their steps.jsonl and token_steps hold
+every token's time; a simulated hour has millions), and their ITL statistics come from the steps. vLLM counts ``completed`` requests only in throughputs, and
 so does this. The energy fields are replay's own (``energy_*``, with ``energy_source`` saying measured or
 modelled, or ``energy_not_measured_reason`` saying why there are none: never a silent 0).
 """
@@ -44,31 +45,16 @@ def _column(requests: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(requests[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def request_itls_s(requests: pd.DataFrame, steps: pd.DataFrame) -> list[list[float]]:
-    """Per request, the gaps between consecutive output tokens (seconds): from ``token_times_s`` where the
-    records have them (a chunk of several tokens counted once, as vLLM's client does), else from finished
-    requests' ``token_steps`` and the steps' end times (``metrics.itl_s``, split back per request)."""
-    from replay.report.metrics import itl_s
-    n = len(requests)
-    if "token_times_s" in requests.columns:
-        out = []
-        for tt in requests["token_times_s"].tolist():
-            ok = isinstance(tt, (list, np.ndarray)) and len(tt) > 1
-            out.append(np.diff(np.unique(np.asarray(tt, dtype=float))).tolist() if ok else [])
-        return out
-    out = [[] for _ in range(n)]
-    if not n or not len(steps) or "token_steps" not in requests.columns:
-        return out
-    fin = np.flatnonzero(requests["status"].to_numpy(dtype=object) == "finished")
-    if not fin.size:
-        return out
-    gaps = itl_s(requests.iloc[fin], steps)
-    tokens = np.array([sum(c for _, c in runs) for runs in requests["token_steps"].iloc[fin].tolist()])
-    ends = np.cumsum(np.maximum(tokens - 1, 0))
-    if not ends.size or ends[-1] != gaps.size:  # not one gap per token after the first: leave them out
-        return out
-    for i, piece in zip(fin.tolist(), np.split(gaps, ends[:-1])):
-        out[i] = piece.tolist()
+def request_itls_s(requests: pd.DataFrame) -> list[list[float]]:
+    """Per request, the gaps between its consecutive output tokens as the client saw them (seconds), from
+    ``token_times_s`` (a server run; a chunk of several tokens counted once, as vLLM's client does); empty
+    lists for records without token times (in-process and simulated runs keep theirs in the steps)."""
+    if "token_times_s" not in requests.columns:
+        return [[] for _ in range(len(requests))]
+    out = []
+    for tt in requests["token_times_s"].tolist():
+        ok = isinstance(tt, (list, np.ndarray)) and len(tt) > 1
+        out.append(np.diff(np.unique(np.asarray(tt, dtype=float))).tolist() if ok else [])
     return out
 
 
@@ -81,8 +67,12 @@ def bench_result(summary: Any, requests: pd.DataFrame, steps: pd.DataFrame, conf
     fin = status == "finished"
     arrival = _column(requests, "arrival_s")
     ttft, tpot, e2e = _column(requests, "ttft_s"), _column(requests, "tpot_s"), _column(requests, "e2e_s")
-    itls = request_itls_s(requests, steps)
-    pooled = np.array([g for i, gaps in enumerate(itls) if fin[i] for g in gaps], dtype=float)
+    itls = request_itls_s(requests)
+    if "token_times_s" in requests.columns:
+        pooled = np.array([g for i, gaps in enumerate(itls) if fin[i] for g in gaps], dtype=float)
+    else:  # the in-process and simulated engines' token gaps, from their steps
+        from replay.report.metrics import itl_s
+        pooled = itl_s(requests[fin], steps) if fin.any() and len(steps) else np.empty(0)
     reasons = requests["reason"].tolist() if "reason" in requests.columns else [None] * n
     rate = config.rate_per_s if config.arrival in ("poisson", "gamma") else None
     doc: dict[str, Any] = {
