@@ -372,20 +372,28 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
     recorder = Recorder(out)
     timeline = None
     t0 = time.perf_counter()
-    try:
+    started = []
+
+    def start() -> None:
+        """The run clock starts now, and the meter with it (first sample at the run's time 0)."""
         if isinstance(env, simpy.rt.RealtimeEnvironment):
             env.sync()
         if wall is not None:
             wall.sync()
-        if meter is not None:
+        if meter is not None and not started:
             meter.start()
-        if len(workload) and server:
-            _serve_http(workload, engines, arrival, params, recorder, config, wall, bar)
-        elif len(workload):
-            simulate(workload, engines, arrival, params, recorder, config.router, env=env, progress=bar,
-                     first_steps=first_steps, sync=False)
+        started.append(True)
+
+    try:
+        if len(workload) and server:  # the client's set-up (imports, session) first, then start()
+            _serve_http(workload, engines, arrival, params, recorder, config, wall, bar, start)
+        else:
+            start()
+            if len(workload):
+                simulate(workload, engines, arrival, params, recorder, config.router, env=env, progress=bar,
+                         first_steps=first_steps, sync=False)
     finally:
-        if meter is not None:
+        if meter is not None and started:
             timeline = meter.stop()
         recorder.close()
         metrics_after = [_scrape(e) for e in engines] if server else None
@@ -442,8 +450,9 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
 
 
 def _serve_http(workload: Workload, engines: list, arrival: str, params: dict[str, Any], recorder: Recorder,
-                config: RunConfig, wall, bar) -> None:
-    """Drive the servers: the arrival process on the wall clock, one streaming client per target."""
+                config: RunConfig, wall, bar, on_start: Callable[[], None]) -> None:
+    """Drive the servers: the arrival process on the wall clock, one streaming client per target; ``on_start``
+    once the client is set up, right before the first request may go out (it starts the clock and meter)."""
     from replay.engines.http import serve
 
     def start_feeder(front):
@@ -453,7 +462,7 @@ def _serve_http(workload: Workload, engines: list, arrival: str, params: dict[st
 
     on_finish = (lambda _record: bar.update(1)) if bar is not None else None
     serve(wall, [e.target for e in engines], start_feeder, recorder, config.router, config.seed,
-          config.request_timeout_s, on_finish)
+          config.request_timeout_s, on_finish, on_start)
 
 
 def _scrape(engine) -> dict[str, float] | None:
@@ -563,6 +572,8 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
               out: Path | None) -> tuple[Energy, pd.DataFrame, dict[str, Any]]:
     """Energy of a measured run: totals, idle share, each request's share by tokens and by FLOPs (recorded in
     requests.jsonl, rewritten with them), and power.csv."""
+    if out is not None:  # first: the measurement is kept whatever happens to the attribution
+        timeline.to_csv(out / "power.csv")
     work = request_step_work(requests)  # once, for both splits
     by_tokens = attribute(timeline, steps, requests, "tokens", work=work)
     requests = requests.copy()
@@ -581,7 +592,6 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
     total_j = timeline.energy_j(0.0, makespan_s)
     idle_j = idle.total_w * makespan_s if idle is not None else None
     if out is not None:
-        timeline.to_csv(out / "power.csv")
         _rewrite_requests(out, requests)
     energy = Energy(source=timeline.label, reason=None, total_j=total_j,
                     idle_j=min(idle_j, total_j) if idle_j is not None else None)

@@ -11,7 +11,7 @@
 # Results: $OUT/results.tar.gz (run directories, reports' text, logs) and $OUT/summary.txt.
 # Environment: OUT, SITE (/tmp/site), PY (python3), GPU (h200), MODEL_CONFIG (llama-3.1-8b's config.json),
 # CHAT_S (120), CODE_N (300), BUDGET_S (520), CODE_NEED_S (170), SERVER_ARGS (extra api_server flags),
-# STEPS ("chat code"), WHL_DIR (.whl-serve).
+# STEPS ("chat code"), WHL_DIR (.whl-serve), SKIP_ENV (set: no version check, which costs ~20 s of imports).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -45,7 +45,7 @@ export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 DO
 export VLLM_HOST_IP=127.0.0.1 TOKENIZERS_PARALLELISM=false
 unset VLLM_USE_RUST_FRONTEND VLLM_RUST_FRONTEND_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv > "$WORK/logs/nvidia_smi.txt" 2>&1
-$PY - > "$WORK/env.json" 2>"$WORK/logs/env.err" <<'EOF'
+[ -n "${SKIP_ENV:-}" ] || $PY - > "$WORK/env.json" 2>"$WORK/logs/env.err" <<'EOF'
 import json, platform, importlib
 out = {"python": platform.python_version()}
 for m in ("torch", "vllm", "aiohttp", "simpy", "fastapi", "uvicorn", "pynvml"):
@@ -61,7 +61,7 @@ except Exception as e:
     out["gpu"] = str(e)
 print(json.dumps(out, indent=1))
 EOF
-note "env: $(tr -d '\n' < "$WORK/env.json" | cut -c1-300)"
+[ -f "$WORK/env.json" ] && note "env: $(tr -d '\n' < "$WORK/env.json" | cut -c1-300)"
 
 MODEL_DIR=/tmp/models/$(basename "$(dirname "$MODEL_CONFIG")")
 mkdir -p "$MODEL_DIR" && cp "$MODEL_CONFIG" "$MODEL_DIR/config.json"

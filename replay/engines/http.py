@@ -576,13 +576,18 @@ def _http_error(record: dict[str, Any], status: int, body: str, t: float) -> dic
 
 def serve(clock: WallClock, targets: list[Target], start_feeder: Callable[[Any], simpy.Process],
           recorder: Any, router: str = "round-robin", seed: int = 0, timeout_s: float | None = None,
-          on_finish: Callable[[dict], None] | None = None) -> list[ClientLoop]:
+          on_finish: Callable[[dict], None] | None = None,
+          on_start: Callable[[], None] | None = None) -> list[ClientLoop]:
     """Run the arrival process that ``start_feeder(front)`` starts (``front``: the router over one client per
-    target) until every request has ended, on ``clock`` (its environment's time is the run clock)."""
-    return asyncio.run(_serve(clock, targets, start_feeder, recorder, router, seed, timeout_s, on_finish))
+    target) until every request has ended, on ``clock`` (its environment's time is the run clock).
+    ``on_start``: called once the client is set up, right before the first event (default: ``clock.sync``);
+    it must sync the clock (a meter started there then samples from the run's time 0)."""
+    return asyncio.run(_serve(clock, targets, start_feeder, recorder, router, seed, timeout_s, on_finish,
+                              on_start or clock.sync))
 
 
-async def _serve(clock, targets, start_feeder, recorder, router, seed, timeout_s, on_finish) -> list[ClientLoop]:
+async def _serve(clock, targets, start_feeder, recorder, router, seed, timeout_s, on_finish,
+                 on_start) -> list[ClientLoop]:
     import aiohttp
 
     from replay.server import Router
@@ -594,7 +599,7 @@ async def _serve(clock, targets, start_feeder, recorder, router, seed, timeout_s
         front = Router(loops, router)
         feeder = start_feeder(front)
         feeder.callbacks.append(lambda _event: front.close())
-        clock.sync()  # the run clock starts now, after the client's set-up (imports, session)
+        on_start()  # the run clock (and the meter) start now, after the client's set-up (imports, session)
         try:
             await clock.run(env.all_of([feeder] + [loop.process for loop in loops]))
         finally:

@@ -199,7 +199,9 @@ def test_measured_server_run_splits_the_energy_over_requests(server, tmp_path):
     recs = records(out)
     assert all(r["energy_j"] > 0 and r["energy_flops_j"] > 0 for r in recs)
     assert sum(r["energy_j"] for r in recs) == pytest.approx(a["attributed_j"])
-    assert (out / "power.csv").exists()
+    power = pd.read_csv(out / "power.csv")
+    steps = pd.read_json(out / "steps.jsonl", lines=True)
+    assert power["time_s"].iloc[0] <= steps["start_s"].min() and power["time_s"].iloc[-1] >= steps["end_s"].max()
     text = CliRunner().invoke(main, ["report", str(out)])
     assert text.exit_code == 0 and "measured" in text.output
 
