@@ -295,7 +295,8 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
                   None, pd.DataFrame(), pd.DataFrame(), progress, hardware_boundary or {}, choices)
 
 
-def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], None] | None = None) -> RunResult:
+def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], None] | None = None,
+           hardware_boundary: dict[str, Any] | None = None) -> RunResult:
     """Go on with an interrupted run: the requests its ``requests.jsonl`` holds are kept, the others are
     served from where its steps stop (the clock and the step numbering go on; what was in flight starts over).
 
@@ -334,7 +335,7 @@ def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], N
     engines = build_engines(config, out, say)
     engine_info = _engine_info(config, engines[0])
     return _serve(config, rest, arrival, params, engines, out, engine_info, _environment(config, start_s), firsts,
-                  old_requests, old_steps, progress, {}, choices)
+                  old_requests, old_steps, progress, hardware_boundary or {}, choices)
 
 
 def _read_records(path: Path) -> pd.DataFrame:
@@ -574,10 +575,23 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
     requests.jsonl, rewritten with them), and power.csv."""
     if out is not None:  # first: the measurement is kept whatever happens to the attribution
         timeline.to_csv(out / "power.csv")
-    work = request_step_work(requests)  # once, for both splits
-    by_tokens = attribute(timeline, steps, requests, "tokens", work=work)
     requests = requests.copy()
-    requests["energy_j"] = by_tokens.requests["energy_j"].to_numpy()
+    # a resumed run's meter ran after the resume only: the steps before it (and the requests that were in
+    # them) were not measured by it, and get no share (null, said so), rather than a guess
+    tol = 1e-9
+    inside = ((steps["start_s"] >= timeline.start_s - tol) & (steps["end_s"] <= timeline.end_s + tol)).to_numpy() \
+        if len(steps) else np.zeros(0, dtype=bool)
+    keep = np.ones(len(requests), dtype=bool)
+    if not inside.all():
+        work_all = request_step_work(requests)
+        outside = pd.MultiIndex.from_arrays([steps["replica"].to_numpy()[~inside], steps["step"].to_numpy()[~inside]])
+        hit = pd.MultiIndex.from_arrays([work_all["replica"].to_numpy(), work_all["step"].to_numpy()]).isin(outside)
+        keep[np.unique(work_all["row"].to_numpy()[hit]).astype(np.int64)] = False
+    part, part_steps = requests[keep].reset_index(drop=True), steps[inside].reset_index(drop=True)
+    work = request_step_work(part)  # once, for both splits
+    by_tokens = attribute(timeline, part_steps, part, "tokens", work=work)
+    requests["energy_j"] = np.nan
+    requests.loc[keep, "energy_j"] = by_tokens.requests["energy_j"].to_numpy()
     split = {"tokens": by_tokens.to_dict()}
     try:
         spec = model(config.model)
@@ -586,14 +600,21 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
         requests["energy_flops_j"] = None
     else:
         flops = FlopCoefficients.from_perf(PerfModel(spec, hardware(config.gpu), config.tp))
-        by_flops = attribute(timeline, steps, requests, "flops", flops, work=work)
-        requests["energy_flops_j"] = by_flops.requests["energy_j"].to_numpy()
+        by_flops = attribute(timeline, part_steps, part, "flops", flops, work=work)
+        requests["energy_flops_j"] = np.nan
+        requests.loc[keep, "energy_flops_j"] = by_flops.requests["energy_j"].to_numpy()
         split["flops"] = by_flops.to_dict()
-    total_j = timeline.energy_j(0.0, makespan_s)
-    idle_j = idle.total_w * makespan_s if idle is not None else None
+    start_s = max(0.0, timeline.start_s)
+    total_j = timeline.energy_j(start_s, min(makespan_s, timeline.end_s))
+    idle_j = idle.total_w * (min(makespan_s, timeline.end_s) - start_s) if idle is not None else None
+    label = timeline.label
+    if not keep.all():
+        label += (f"; after the resume only (from {start_s:.3f} s): {int((~keep).sum())} of {len(requests)} requests "
+                  "ran before it, their energy is not measured, and the totals cover the part after it")
+        split["not_measured_requests"] = int((~keep).sum())
     if out is not None:
         _rewrite_requests(out, requests)
-    energy = Energy(source=timeline.label, reason=None, total_j=total_j,
+    energy = Energy(source=label, reason=None, total_j=total_j,
                     idle_j=min(idle_j, total_j) if idle_j is not None else None)
     return energy, requests, {"idle": idle.to_dict() if idle is not None else None, "attribution": split}
 

@@ -208,13 +208,18 @@ def test_measured_server_run_splits_the_energy_over_requests(server, tmp_path):
 
 def test_interrupted_server_run_resumes_to_every_request(server, tmp_path, monkeypatch):
     """Ctrl-C after 6 requests, then --resume: the 6 kept (their token times unchanged), the rest served, every
-    request finished exactly once with all its tokens, the steps reconstructed over both parts."""
-    cfg = config(server, tmp_path, duration_s=16.0, speedup=4.0)
-    interrupt_after(monkeypatch, 6, lambda: execute(cfg, progress=False))
+    request finished exactly once with all its tokens, the steps reconstructed over both parts. Measured (NVML
+    faked at 40 W): the meter of the resumed part measures its requests; the 6 before it say not measured."""
+    cfg = config(server, tmp_path, duration_s=16.0, speedup=4.0, meter="auto", idle_s=0.0, meter_period_s=0.02)
+    nvml = {"nvml": ClockedNvml(40.0)}
+    interrupt_after(monkeypatch, 6, lambda: execute(cfg, progress=False, hardware_boundary=nvml))
     out = tmp_path / "run"
     kept = records(out)
     assert len(kept) == 6 and not (out / "summary.json").exists()
-    result = resume(out, progress=False)
+    result = resume(out, progress=False, hardware_boundary=nvml)
+    energy = [r["energy_j"] for r in records(out)]
+    assert all(e is None for e in energy[:6]) and all(e is not None and e > 0 for e in energy[6:])
+    assert "after the resume only" in result.summary.energy_source
     recs = records(out)
     ids = [r["id"] for r in recs]
     whole = execute(RunConfig(trace=CHAT, engine="sim", duration_s=16.0, speedup=4.0), progress=False)
