@@ -213,12 +213,8 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
         if config.start_s is None and config.duration_s is None and config.limit is None and not _has_nvidia_gpu():
             from replay.engines.http import is_local
             if config.launch or all(is_local(u) for u in config.targets):
-                if read_trace(config.trace, ReadOptions(limit=1)).timed:
-                    config, first = replace(config, duration_s=CPU_WINDOW_S), f"first {CPU_WINDOW_S:g} s"
-                else:
-                    config, first = replace(config, limit=CPU_LIMIT), f"first {CPU_LIMIT} requests"
-                notes.append(f"bound: the trace's {first}, as for a server on this machine without an NVIDIA GPU "
-                             "(--duration-s, --start-s or --limit to choose)")
+                config, note = _cpu_bound(config, "as for a server on this machine without an NVIDIA GPU")
+                notes.append(note)
         return config, notes
     if config.engine == "auto":
         from replay.engines import vllm
@@ -236,13 +232,19 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
             notes.append(f"model: {config.model} with dummy weights ({'an NVIDIA GPU' if gpu else 'no NVIDIA GPU'}"
                          " here; --model to choose)")
         if not gpu and config.start_s is None and config.duration_s is None and config.limit is None:
-            if read_trace(config.trace, ReadOptions(limit=1)).timed:  # timed on every line or on none
-                config, first = replace(config, duration_s=CPU_WINDOW_S), f"first {CPU_WINDOW_S:g} s"
-            else:
-                config, first = replace(config, limit=CPU_LIMIT), f"first {CPU_LIMIT} requests"
-            notes.append(f"bound: the trace's {first}, the real engine's default on a CPU "
-                         "(--duration-s, --start-s or --limit to choose)")
+            config, note = _cpu_bound(config, "the real engine's default on a CPU")
+            notes.append(note)
     return config, notes
+
+
+def _cpu_bound(config: RunConfig, why: str) -> tuple[RunConfig, str]:
+    """The trace's first CPU_WINDOW_S seconds (an untimed trace: its first CPU_LIMIT requests), and the line
+    that says so."""
+    if read_trace(config.trace, ReadOptions(limit=1)).timed:  # timed on every line or on none
+        config, first = replace(config, duration_s=CPU_WINDOW_S), f"first {CPU_WINDOW_S:g} s"
+    else:
+        config, first = replace(config, limit=CPU_LIMIT), f"first {CPU_LIMIT} requests"
+    return config, f"bound: the trace's {first}, {why} (--duration-s, --start-s or --limit to choose)"
 
 
 def _resolve(config: RunConfig) -> tuple[RunConfig, Workload, dict[str, Any]]:

@@ -60,9 +60,12 @@ def _run(r: Report) -> Section:
         engine = f"vLLM ({o['platform'] or 'unknown platform'})"
     elif engine == "sim":
         engine = "simulated engine"
+    elif engine == "server":
+        engine = f"the server at {o['platform'] or '?'} (steps reconstructed from token times)"
     lines = [f"run: {engine}, model {o['model']}; {o['trace']}, {o['mode'] or '?'} ({o['arrival'] or '?'}); "
              f"{_n(o['requests'] or 0, 'request')} ({o['finished']} finished, {o['rejected']} rejected, {o['unfinished']} "
-             f"unfinished) in {_j(o['duration_s'], ',.2f')} s"]
+             f"unfinished" + (f", {o['failed']} failed" if o.get("failed") else "") +
+             f") in {_j(o['duration_s'], ',.2f')} s"]
     if o["energy"] == "not measured":
         lines.append(f"energy: not measured: {o['energy_reason']}")
     else:

@@ -371,13 +371,17 @@ def model(name_or_path: str | Path) -> ModelSpec:
 
     Names are matched case-insensitively and loosely against the directory name and the hub id the config
     mirrors (``_name_or_path``): 'Llama-3.1-8B', 'meta-llama/Llama-3.1-8B', 'Llama3.1-8B' ([SS26]'s spelling) all
-    give llama-3.1-8b. A path that exists is loaded as a directory.
+    give llama-3.1-8b. A path that exists is loaded as a directory; one that does not (a server's model path on
+    another machine) is matched by its last part ('/models/Llama-3.1-8B' gives llama-3.1-8b).
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.exists():
         return load_model(candidate)
     names, index = _shipped_models()
     name = index.get(_alias(str(name_or_path)))
+    if name is None and ("/" in str(name_or_path) or "\\" in str(name_or_path)):
+        # a path from another machine (a server's served model, say): its last part may name a shipped model
+        name = index.get(_alias(Path(str(name_or_path).rstrip("/\\")).name))
     if name is None:
         raise ValueError(f"unknown model {str(name_or_path)!r} (and no such directory); shipped: {', '.join(names)}")
     return load_model(MODELS_DIR / name, key=name)

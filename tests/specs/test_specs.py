@@ -262,3 +262,13 @@ def test_specs_are_frozen():
     with pytest.raises(AttributeError):
         model("tiny-llama").key = "x"  # type: ignore[misc]
     assert specs.Hardware.__dataclass_params__.frozen and specs.ModelSpec.__dataclass_params__.frozen
+
+
+def test_a_model_path_from_another_machine_is_matched_by_its_last_part():
+    """A server serves '/models/Llama-3.1-8B' (its path, not this machine's): the report still finds the
+    shipped config; a path whose last part names nothing known is still an error."""
+    from replay.specs import model
+    assert model("/no/such/dir/Llama-3.1-8B").key == "llama-3.1-8b"
+    assert model("/tmp/models/llama-3.1-8b/").key == "llama-3.1-8b"
+    with pytest.raises(ValueError, match="unknown model"):
+        model("/no/such/dir/not-a-model")
