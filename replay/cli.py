@@ -396,9 +396,13 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
     click.echo(format_summary(result.summary))
     _echo_short_report(result)
     steps = len(result.steps)
-    verb = "simulated" if result.config.engine == "sim" else "served"
-    click.echo(f"{verb} {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
-               f"({steps / result.wall_s if result.wall_s > 0 else float('inf'):,.0f} steps/s)")
+    if result.config.engine == "server":
+        click.echo(f"sent {len(result.requests):,} requests in {result.wall_s:.2f} s; {steps:,} steps reconstructed "
+                   "from their token times (summary.json: reconstruction, server_metrics)")
+    else:
+        verb = "simulated" if result.config.engine == "sim" else "served"
+        click.echo(f"{verb} {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
+                   f"({steps / result.wall_s if result.wall_s > 0 else float('inf'):,.0f} steps/s)")
     click.echo(f"run directory: {result.out}")
 
 
