@@ -44,8 +44,9 @@ import simpy
 from replay.engines.prompts import Tokens
 from replay.trace.schema import Request
 
-__all__ = ["ClientLoop", "Launched", "ServerGone", "Target", "WallClock", "check_url", "launch", "probe",
-           "scrape_metrics", "serve"]
+__all__ = ["ClientLoop", "Launched", "ServerEngine", "ServerGone", "Target", "WallClock", "check_url", "healthy",
+           "is_local", "launch", "launch_settings", "open_servers", "probe", "scrape_metrics", "serve", "server_gpus",
+           "stream_request"]
 
 SAFE_VOCAB = 1000          # token ids below this exist in every model's vocabulary
 HEALTH_TIMEOUT_S = 5.0
