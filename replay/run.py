@@ -642,7 +642,12 @@ def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: 
 
 def _engine_info(config: RunConfig, engine) -> dict[str, Any]:
     if config.engine == "server":
-        return {**engine.info(), "replicas": config.replicas if not config.targets else len(config.targets),
+        from replay.engines.http import is_local
+        # a server on this machine without an NVIDIA GPU runs on the CPU (the report's estimates then use the
+        # 'cpu' hardware entry, as for the in-process CPU build); elsewhere --gpu names the hardware
+        local = config.launch is not None or all(is_local(u) for u in config.targets or [])
+        cpu = {"platform": "cpu"} if local and not _has_nvidia_gpu() else {}
+        return {**engine.info(), **cpu, "replicas": config.replicas if not config.targets else len(config.targets),
                 "energy": "measured by the meter on the server's GPUs; steps reconstructed from token times"}
     if config.engine == "vllm":
         return {**engine.info(), "tp": config.tp, "gpus": config.tp, "energy": "measured by the meter"}

@@ -54,7 +54,7 @@ def _hardware(run: RunData, override: str | None) -> tuple[Hardware, str]:
         return hardware(override), f"hardware {override!r} as given (--gpu)"
     engine = run.engine
     gpu = run.config.get("gpu") or engine.get("gpu")
-    if engine.get("engine") == "vllm":
+    if engine.get("engine") in ("vllm", "server"):  # real engines: in-process, or a server
         platform = engine.get("platform")
         if platform == "cpu":
             hw = hardware("cpu")
@@ -68,8 +68,9 @@ def _hardware(run: RunData, override: str | None) -> tuple[Hardware, str]:
         if not gpu:
             raise ValueError(f"{run.name}: config.yaml names no gpu and the engine's platform {platform!r} is not "
                              "in replay/specs/hardware.yaml; give the hardware (--gpu NAME)")
-        return hardware(str(gpu)), (f"the run's --gpu option {gpu!r} (the engine's platform {platform!r} is not a "
-                                    "hardware.yaml name); --gpu NAME to assume another")
+        why = (f"the engine's platform {platform!r} is not a hardware.yaml name" if platform else
+               "a server reports no device")
+        return hardware(str(gpu)), f"the run's --gpu option {gpu!r} ({why}); --gpu NAME to assume another"
     if not gpu:
         raise ValueError(f"{run.name}: config.yaml: missing key 'gpu'; give the hardware (--gpu NAME)")
     return hardware(str(gpu)), f"the simulated engine's hardware {gpu!r}"

@@ -61,7 +61,8 @@ def _run(r: Report) -> Section:
     elif engine == "sim":
         engine = "simulated engine"
     elif engine == "server":
-        engine = f"the server at {o['platform'] or '?'} (steps reconstructed from token times)"
+        engine = (f"the server at {o.get('url') or '?'}" + (f" ({o['platform']})" if o.get("platform") else "")
+                  + " (steps reconstructed from token times)")
     lines = [f"run: {engine}, model {o['model']}; {o['trace']}, {o['mode'] or '?'} ({o['arrival'] or '?'}); "
              f"{_n(o['requests'] or 0, 'request')} ({o['finished']} finished, {o['rejected']} rejected, {o['unfinished']} "
              f"unfinished" + (f", {o['failed']} failed" if o.get("failed") else "") +
