@@ -45,7 +45,8 @@ def free_port() -> int:
 def serve_command(port: int, model_dir) -> str:
     return (f"{sys.executable} -m vllm.entrypoints.openai.api_server --model {model_dir} --load-format dummy "
             f"--skip-tokenizer-init --port {port} --max-model-len {MAX_MODEL_LEN} --max-num-batched-tokens {BUDGET} "
-            f"--enforce-eager --kv-cache-memory-bytes {256 << 20} --max-num-seqs 32")
+            f"--enforce-eager --kv-cache-memory-bytes {256 << 20} --max-num-seqs 32 --enable-prefix-caching "
+            "--enable-prompt-tokens-details")
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +229,26 @@ def test_interrupted_server_run_resumes_to_every_request(server, tmp_path, monke
     assert all(r["status"] == "finished" and r["generated_tokens"] == r["output_tokens"] for r in recs)
     assert min(r["sent_s"] for r in recs[6:]) >= max(r["finished_s"] for r in kept) - 1e-6  # the clock goes on
     assert sum(c for r in recs for _, c in r["token_steps"]) == sum(r["output_tokens"] for r in recs)
+
+
+def test_shared_prefixes_reach_the_servers_prefix_cache(server, tmp_path):
+    """Requests whose trace says they share prefix blocks send the same leading token ids (as the in-process
+    engine does): the server's own prefix cache hits them, its usage says how many prompt tokens were cached,
+    and the reconstruction counts only the rest as the prompt's work. A Poisson arrival drives them."""
+    trace = tmp_path / "prefix.jsonl"
+    trace.write_text("".join(json.dumps({"id": f"p{i}", "arrival_s": None, "input_tokens": 400, "output_tokens": 4,
+                                         "prefix_blocks": [11, 12, 13], "block_tokens": 128}) + "\n"
+                             for i in range(4)))
+    result = execute(config(server, tmp_path, trace=str(trace), arrival="poisson", rate_per_s=2.0), progress=False)
+    recs = records(tmp_path / "run")
+    assert all(r["status"] == "finished" for r in recs)
+    later = [r for r in recs if r["cached_tokens"] > 0]
+    assert len(later) >= 2 and all(r["cached_tokens"] >= 256 for r in later)   # whole 128-token blocks
+    assert all(r["usage"]["cached_tokens"] == r["cached_tokens"] for r in later)
+    for r in recs:
+        chunks = r["prefill_steps"]
+        assert sum(q for _, q, _ in chunks) == r["input_tokens"] - r["cached_tokens"]
+        assert chunks[0][2] == r["cached_tokens"]                                # the context starts after the hit
+    doc = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert doc["server_metrics"][0]["counters_during_run"]["vllm:prefix_cache_hits_total"] > 0
+    assert result.summary.finished == 4
