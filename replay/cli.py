@@ -394,6 +394,9 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
     except Exception as exc:  # the engine (or anything under it) failed mid-run: say so, keep what finished
         raise click.ClickException(_crash_message(exc, Path(out))) from None
     click.echo(format_summary(result.summary))
+    check = _engine_check(result.out)
+    if check:
+        click.echo(check)
     _echo_short_report(result)
     steps = len(result.steps)
     if result.config.engine == "server":
@@ -406,13 +409,34 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
     click.echo(f"run directory: {result.out}")
 
 
+def _engine_check(out: Path | None) -> str | None:
+    """A line when the in-process adapter's per-step cross-check found mismatches (summary.json engine_check)."""
+    if out is None or not (out / "summary.json").exists():
+        return None
+    check = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("engine_check")
+    if not check or not check["mismatches"]:
+        return None
+    return (f"engine check: {check['mismatches']} of {check['steps']:,} steps where vLLM's scheduler and its outputs "
+            f"disagree on who emitted a token (first: {check['first'][0]}); see summary.json engine_check")
+
+
 def _crash_message(exc: Exception, out: Path) -> str:
     """One line for a run that stopped on an unexpected error; the traceback goes to ``out/error.log``."""
+    import tempfile
     import traceback
-    log = "the traceback could not be written"
-    if out.is_dir():
-        (out / "error.log").write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
-        log = f"traceback in {out / 'error.log'}"
+    text = "".join(traceback.format_exception(exc))
+    try:
+        if out.is_dir():
+            path = out / "error.log"
+            path.write_text(text, encoding="utf-8")
+        else:  # no run directory yet (the engine failed to start): a file of its own, named here
+            fd, name = tempfile.mkstemp(prefix="replay-error-", suffix=".log")
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            path = Path(name)
+        log = f"traceback in {path}"
+    except OSError as write_error:
+        log = f"the traceback could not be written: {write_error}"
     head = f"the run stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({log})"
     if not (out / "config.yaml").exists():  # before the run began (the engine's start-up, say): no run to resume
         return f"{head}; it stopped before the run began, nothing was recorded"

@@ -411,6 +411,13 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
     if len(old_requests):
         requests = pd.concat([old_requests, requests], ignore_index=True)
     extra: dict[str, Any] = {"choices": choices, "meter": choice}
+    checked = [e for e in engines if hasattr(e, "mismatches")]
+    if checked:  # the in-process adapter's cross-check of vLLM's scheduler against its outputs, every step
+        found = [m for e in checked for m in e.mismatches]
+        extra["engine_check"] = {
+            "what": "per step, the requests vLLM's scheduler output says emit a token against those its outputs "
+                    "show emitting (expected: no mismatch)",
+            "steps": int(sum(e.steps for e in checked)), "mismatches": len(found), "first": found[:100]}
     if server:  # its steps are not visible over HTTP: rebuilt from every record's token times
         extra["server_metrics"] = _metrics_delta(engines, metrics_after)
         # the servers' own step counts calibrate the grouping, when they cover every record (not after a resume)

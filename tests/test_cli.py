@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -443,5 +445,26 @@ def test_an_engine_that_fails_to_start_says_nothing_was_recorded(tmp_path, monke
 
     monkeypatch.setattr(SimEngine, "__init__", fail)
     result = run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", tmp_path / "run", "--quiet")
-    assert_one_error_line(result, "the run stopped: RuntimeError: CUDA error", "nothing was recorded")
+    line = assert_one_error_line(result, "the run stopped: RuntimeError: CUDA error", "nothing was recorded")
     assert "--resume" not in result.stderr
+    # the traceback is kept even without a run directory: in a file of its own, whose path the line gives
+    # (the H200 check met "(the traceback could not be written)" when vLLM failed to import flashinfer)
+    found = re.search(r"traceback in (\S+\.log)", line)
+    assert found and "could not be written" not in line, line
+    log = Path(found.group(1))
+    assert "CUDA error: out of memory" in log.read_text() and "Traceback" in log.read_text()
+    log.unlink()
+
+
+def test_an_engine_cross_check_mismatch_is_said_after_the_summary(tmp_path):
+    """summary.json's engine_check (the in-process adapter's per-step cross-check) with mismatches gives one line;
+    none, or no check at all (the simulated engine), gives nothing."""
+    from replay.cli import _engine_check
+    (tmp_path / "summary.json").write_text(json.dumps({"engine_check": {
+        "steps": 1200, "mismatches": 2, "first": ["step 7: scheduler says ['a'] emit, outputs say [] emitted"]}}))
+    line = _engine_check(tmp_path)
+    assert line.startswith("engine check: 2 of 1,200 steps") and "step 7" in line
+    (tmp_path / "summary.json").write_text(json.dumps({"engine_check": {"steps": 5, "mismatches": 0, "first": []}}))
+    assert _engine_check(tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps({}))
+    assert _engine_check(tmp_path) is None and _engine_check(None) is None

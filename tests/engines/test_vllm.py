@@ -332,6 +332,8 @@ def test_measured_run_end_to_end_with_a_faked_nvml(engines, tmp_path):
     assert fin and all(r["energy_j"] > 0 and r["energy_flops_j"] > 0 for r in fin)
     doc = json.loads((out / "summary.json").read_text())
     assert doc["meter"]["meter"] == "nvml" and doc["idle"]["idle_total_w"] == pytest.approx(50.0, rel=0.1)
+    # the adapter's cross-check of vLLM's scheduler against its outputs is kept, not only held in memory
+    assert doc["engine_check"]["steps"] == len(result.steps) > 0 and doc["engine_check"]["mismatches"] == 0
     for method in ("tokens", "flops"):
         a = doc["attribution"][method]
         assert a["attributed_j"] + a["unattributed_j"] == pytest.approx(a["steps_j"], rel=1e-9)
