@@ -236,7 +236,9 @@ _RUN_DECORATORS = [
     click.option("--model", default=None,
                   help="A shipped model name (see replay/specs/models) or a directory holding config.json "
                        "(default: llama-3.1-8b; tiny-llama for --engine vllm without an NVIDIA GPU)."),
-    click.option("--gpu", default="h100-sxm", show_default=True, help="A hardware name from replay/specs/hardware.yaml."),
+    click.option("--gpu", default=None,
+                 help="A hardware name from replay/specs/hardware.yaml (default: for the real engine, or a server "
+                      "on this machine, the GPU NVML names here; else h100-sxm)."),
     click.option("--dtype", default=None, help="Weights/activations dtype (default: the model's torch_dtype)."),
     click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel GPUs per replica."),
     click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas behind the router."),

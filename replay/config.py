@@ -19,6 +19,7 @@ __all__ = ["ENGINES", "METER_CHOICES", "RunConfig", "load_config"]
 ENGINES = ("auto", "sim", "vllm", "server")
 METER_CHOICES = ("auto", "nvml", "rapl", "model", "none")
 RATE_SCALE_HOW = ("compress", "thin-dup")
+DEFAULT_GPU = "h100-sxm"  # the simulator's hardware, and a real engine's when NVML names none
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class RunConfig:
     duration_s: float | None = None
     limit: int | None = None                 # first N requests (after the window)
     model: str | None = None                # None: llama-3.1-8b (sim, or vllm on a GPU), tiny-llama (vllm on a CPU)
-    gpu: str = "h100-sxm"
+    gpu: str | None = None                   # None: NVML's name of this machine's GPU (real engines), else h100-sxm
     dtype: str | None = None                 # None: the model's torch_dtype
     tp: int = 1
     replicas: int = 1
@@ -113,6 +114,8 @@ class RunConfig:
                 raise ValueError(f"targets: expected a list of server URLs, got {self.targets!r}")
         if self.launch is not None and not (isinstance(self.launch, str) and self.launch.strip()):
             raise ValueError(f"launch: expected a command, got {self.launch!r}")
+        if self.gpu is not None and not (isinstance(self.gpu, str) and self.gpu):
+            raise ValueError(f"gpu: expected a hardware name from replay/specs/hardware.yaml, got {self.gpu!r}")
         if self.target_gpus is not None and not isinstance(self.target_gpus, str):
             raise ValueError(f"target_gpus: expected GPU indices or UUIDs, comma-separated, got {self.target_gpus!r}")
         for name in ("launch_timeout_s", "request_timeout_s"):
@@ -133,9 +136,12 @@ class RunConfig:
     def resolve(self) -> "RunConfig":
         """Pick the arrival process from the mode and the options given, when not named; the simulated engine's
         defaults (model, block size, memory fraction) where not given. The real engine's are its own."""
-        if self.engine == "sim" and None in (self.model, self.block_size, self.gpu_memory_utilization):
+        if self.engine == "sim" and None in (self.model, self.block_size, self.gpu_memory_utilization, self.gpu):
             return replace(self, model=self.model or "llama-3.1-8b", block_size=self.block_size or 16,
-                           gpu_memory_utilization=self.gpu_memory_utilization or 0.9).resolve()
+                           gpu_memory_utilization=self.gpu_memory_utilization or 0.9,
+                           gpu=self.gpu or DEFAULT_GPU).resolve()
+        if self.gpu is None:  # a real engine's, when choose_engine did not name it (library use): the default
+            return replace(self, gpu=DEFAULT_GPU).resolve()
         if self.arrival is not None:
             return self
         if self.mode == "offline":

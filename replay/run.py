@@ -23,7 +23,7 @@ import simpy.rt
 import yaml
 
 from replay import arrivals
-from replay.config import RunConfig, load_config
+from replay.config import DEFAULT_GPU, RunConfig, load_config
 from replay.energy.attribution import FlopCoefficients, attribute, request_step_work
 from replay.energy.meters import MODEL_LABEL, choose_meter, default_meters, gpus_in_use, measure_idle
 from replay.engines.sim.engine import SimEngine
@@ -127,16 +127,45 @@ def _served_model(config: RunConfig, engines: list) -> tuple[RunConfig, list[str
     return config, notes
 
 
-def _has_nvidia_gpu() -> bool:
+def _nvidia_gpu_name() -> str | None:
+    """NVML's name of this machine's first GPU in use (CUDA_VISIBLE_DEVICES' first entry), or None without one."""
     try:
         import pynvml
         pynvml.nvmlInit()
         try:
-            return pynvml.nvmlDeviceGetCount() > 0
+            if pynvml.nvmlDeviceGetCount() < 1:
+                return None
+            first = (gpus_in_use(1) or [0])[0]
+            handle = (pynvml.nvmlDeviceGetHandleByUUID(first) if isinstance(first, str)
+                      else pynvml.nvmlDeviceGetHandleByIndex(first))
+            name = pynvml.nvmlDeviceGetName(handle)
+            return name.decode() if isinstance(name, bytes) else str(name)
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # no driver, no library: no GPU
-        return False
+        return None
+
+
+def _has_nvidia_gpu() -> bool:
+    return _nvidia_gpu_name() is not None
+
+
+def _choose_gpu(config: RunConfig, here: bool) -> tuple[RunConfig, str | None]:
+    """``--gpu`` when not given: for a real engine on this machine (``here``), the hardware NVML names; else
+    the default. The line says which, and why."""
+    if config.gpu is not None:
+        return config, None
+    name = _nvidia_gpu_name() if here else None
+    if name is None:
+        why = "no NVIDIA GPU here" if here else "the server is on another machine"
+        return replace(config, gpu=DEFAULT_GPU), f"gpu: {DEFAULT_GPU} assumed for the estimates ({why}; --gpu to choose)"
+    try:
+        key = hardware(name).key
+    except ValueError:
+        return replace(config, gpu=DEFAULT_GPU), (
+            f"gpu: NVML names this machine's GPU {name!r}, which replay/specs/hardware.yaml does not know: the "
+            f"estimates assume {DEFAULT_GPU} (--gpu to choose, or add the GPU to hardware.yaml)")
+    return replace(config, gpu=key), f"gpu: {key}, as NVML names this machine's GPU {name!r} (--gpu to choose)"
 
 
 def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, Any], recorder: Recorder,
@@ -210,9 +239,13 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
             config = replace(config, engine="server")
             notes.append("engine: the server " + (f"started by --launch ({config.launch})" if config.launch else
                                                    f"at {', '.join(config.targets)}") + ", over its OpenAI API")
+        from replay.engines.http import is_local
+        here = bool(config.launch) or all(is_local(u) for u in config.targets)
+        config, note = _choose_gpu(config, here)
+        if note and (not here or _has_nvidia_gpu()):  # a local server without a GPU is a CPU run (the report's 'cpu')
+            notes.append(note)
         if config.start_s is None and config.duration_s is None and config.limit is None and not _has_nvidia_gpu():
-            from replay.engines.http import is_local
-            if config.launch or all(is_local(u) for u in config.targets):
+            if here:
                 config, note = _cpu_bound(config, "as for a server on this machine without an NVIDIA GPU")
                 notes.append(note)
         return config, notes
@@ -227,6 +260,9 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
                      "engine: the real vLLM engine, installed here (--engine sim for the simulated one)")
     if config.engine == "vllm":
         gpu = _has_nvidia_gpu()
+        config, note = _choose_gpu(config, True)
+        if note and gpu:  # without a GPU the real engine is vLLM's CPU build: the report uses the 'cpu' entry
+            notes.append(note)
         if config.model is None:
             config = replace(config, model="llama-3.1-8b" if gpu else "tiny-llama")
             notes.append(f"model: {config.model} with dummy weights ({'an NVIDIA GPU' if gpu else 'no NVIDIA GPU'}"

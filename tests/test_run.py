@@ -432,3 +432,34 @@ def test_auto_is_the_real_engine_where_installed_and_allowed(monkeypatch):
     assert config.engine == "sim" and "not installed" in notes[0]
     result = execute(RunConfig(trace=CHAT, engine="auto", limit=20), progress=False)
     assert result.config.engine == "sim" and result.summary.finished == 20
+
+
+# --- the GPU a real engine runs on -----------------------------------------------------------------------------
+
+def test_gpu_not_given_is_the_one_nvml_names_here(monkeypatch):
+    """--gpu not given: a real engine takes the hardware NVML names (NVML faked at the module boundary: this
+    machine has no GPU); an unknown name falls back to the default and says so; a given --gpu is kept."""
+    import sys
+    from energy.energy_fakes import FakeNvml
+    from replay.run import _choose_gpu
+    chat = str(TRACES / "chat.jsonl")
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(count=1, names={0: "NVIDIA H200"}))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    config, note = _choose_gpu(RunConfig(trace=chat, engine="vllm"), True)
+    assert config.gpu == "h200" and "NVML names this machine's GPU 'NVIDIA H200'" in note
+    config, note = _choose_gpu(RunConfig(trace=chat, engine="vllm", gpu="a100"), True)
+    assert config.gpu == "a100" and note is None
+    config, note = _choose_gpu(RunConfig(trace=chat, engine="server", targets=["http://10.0.0.7:1"]), False)
+    assert config.gpu == "h100-sxm" and "another machine" in note      # NVML here says nothing of that server
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(count=1, names={0: "NVIDIA Z9000"}))
+    config, note = _choose_gpu(RunConfig(trace=chat, engine="vllm"), True)
+    assert config.gpu == "h100-sxm" and "'NVIDIA Z9000', which replay/specs/hardware.yaml does not know" in note
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(count=0))
+    config, note = _choose_gpu(RunConfig(trace=chat, engine="vllm"), True)
+    assert config.gpu == "h100-sxm" and "no NVIDIA GPU here" in note
+
+
+def test_the_simulator_keeps_its_default_gpu():
+    assert RunConfig(trace=str(TRACES / "chat.jsonl")).resolve().gpu == "h100-sxm"
+    with pytest.raises(ValueError, match="gpu: expected a hardware name"):
+        RunConfig(trace=str(TRACES / "chat.jsonl"), gpu=7)
