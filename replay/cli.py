@@ -197,11 +197,18 @@ _RUN_OPTIONS = {
 }
 
 
+def _decorated(decorators: list):
+    """A decorator applying ``decorators`` in order (the first outermost, as written above a function)."""
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
 def run_options(fn):
     """The options of one run, shared by ``run`` and ``plan``."""
-    for decorator in reversed(_RUN_DECORATORS):
-        fn = decorator(fn)
-    return fn
+    return _decorated(_RUN_DECORATORS)(fn)
 
 
 _RUN_DECORATORS = [
@@ -297,10 +304,7 @@ _SERVER_DECORATORS = [
 ]
 
 
-def server_options(fn):
-    for decorator in reversed(_SERVER_DECORATORS):
-        fn = decorator(fn)
-    return fn
+server_options = _decorated(_SERVER_DECORATORS)
 
 
 def _run_config(ctx: click.Context, trace: str | None, config_file: str | None, online: bool, options: dict,

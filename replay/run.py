@@ -150,12 +150,17 @@ def _has_nvidia_gpu() -> bool:
     return _nvidia_gpu_name() is not None
 
 
-def _choose_gpu(config: RunConfig, here: bool) -> tuple[RunConfig, str | None]:
-    """``--gpu`` when not given: for a real engine on this machine (``here``), the hardware NVML names; else
-    the default. The line says which, and why."""
+def _server_here(config: RunConfig) -> bool:
+    """A server run's server is on this machine (launched here, or every --target local): NVML here sees it."""
+    from replay.engines.http import is_local
+    return config.launch is not None or all(is_local(u) for u in config.targets or [])
+
+
+def _choose_gpu(config: RunConfig, here: bool, name: str | None) -> tuple[RunConfig, str | None]:
+    """``--gpu`` when not given: for a real engine on this machine (``here``), the hardware NVML names
+    (``name``, None without a GPU); else the default. The line says which, and why."""
     if config.gpu is not None:
         return config, None
-    name = _nvidia_gpu_name() if here else None
     if name is None:
         why = "no NVIDIA GPU here" if here else "the server is on another machine"
         return replace(config, gpu=DEFAULT_GPU), f"gpu: {DEFAULT_GPU} assumed for the estimates ({why}; --gpu to choose)"
@@ -188,15 +193,22 @@ def simulate(workload: Workload, engines: list, arrival: str, params: dict[str, 
     loops = [ServerLoop(env, engine, recorder, replica=i, on_finish=on_finish, next_arrival=next_arrival,
                         first_step=firsts[i]) for i, engine in enumerate(engines)]
     front = Router(loops, router)
+    feeder = _start_feeder(env, arrival, workload, params, front)
+    if sync and isinstance(env, simpy.rt.RealtimeEnvironment):
+        env.sync()  # the run clock starts now, not when the environment was made
+    env.run(env.all_of([feeder] + [loop.process for loop in loops]))
+    return loops
+
+
+def _start_feeder(env: simpy.Environment, arrival: str, workload: Workload, params: dict[str, Any], front):
+    """The arrival process (``arrival``: a key of arrivals.PROCESSES, or "at_times"), closing ``front`` (the
+    router) once it has submitted every request."""
     if arrival == "at_times":
         feeder = env.process(arrivals.at_times(env, workload, front, **params))
     else:
         feeder = arrivals.start(env, arrival, workload, front, **params)
     feeder.callbacks.append(lambda _event: front.close())
-    if sync and isinstance(env, simpy.rt.RealtimeEnvironment):
-        env.sync()  # the run clock starts now, not when the environment was made
-    env.run(env.all_of([feeder] + [loop.process for loop in loops]))
-    return loops
+    return feeder
 
 
 def _next_after(env: simpy.Environment, times_s: np.ndarray):
@@ -239,15 +251,14 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
             config = replace(config, engine="server")
             notes.append("engine: the server " + (f"started by --launch ({config.launch})" if config.launch else
                                                    f"at {', '.join(config.targets)}") + ", over its OpenAI API")
-        from replay.engines.http import is_local
-        here = bool(config.launch) or all(is_local(u) for u in config.targets)
-        config, note = _choose_gpu(config, here)
-        if note and (not here or _has_nvidia_gpu()):  # a local server without a GPU is a CPU run (the report's 'cpu')
+        here = _server_here(config)
+        name = _nvidia_gpu_name() if here else None
+        config, note = _choose_gpu(config, here, name)
+        if note and (not here or name):  # a local server without a GPU is a CPU run (the report's 'cpu')
             notes.append(note)
-        if config.start_s is None and config.duration_s is None and config.limit is None and not _has_nvidia_gpu():
-            if here:
-                config, note = _cpu_bound(config, "as for a server on this machine without an NVIDIA GPU")
-                notes.append(note)
+        if here and name is None and config.start_s is None and config.duration_s is None and config.limit is None:
+            config, note = _cpu_bound(config, "as for a server on this machine without an NVIDIA GPU")
+            notes.append(note)
         return config, notes
     if config.engine == "auto":
         from replay.engines import vllm
@@ -260,7 +271,7 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
                      "engine: the real vLLM engine, installed here (--engine sim for the simulated one)")
     if config.engine == "vllm":
         gpu = _has_nvidia_gpu()
-        config, note = _choose_gpu(config, True)
+        config, note = _choose_gpu(config, True, _nvidia_gpu_name() if gpu and config.gpu is None else None)
         if note and gpu:  # without a GPU the real engine is vLLM's CPU build: the report uses the 'cpu' entry
             notes.append(note)
         if config.model is None:
@@ -357,9 +368,8 @@ def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], N
     ids = np.asarray(workload.table.column("id").to_pylist(), dtype=object)
     keep = np.array([i not in done for i in ids.tolist()], dtype=bool)
     start_s = float(old_steps["end_s"].max()) if len(old_steps) else 0.0
-    if config.engine == "server" and len(old_requests):  # its steps are reconstructed at the end
-        start_s = max(start_s, float(pd.to_numeric(old_requests["finished_s"], errors="coerce").max(skipna=True)
-                                     if "finished_s" in old_requests else 0.0) or 0.0)
+    if config.engine == "server":  # its steps are reconstructed at the end: go on from the last finish
+        start_s = max(start_s, _last_finish_s(old_requests))
     firsts = [0] * config.replicas
     if len(old_steps):
         for replica, last in old_steps.groupby("replica")["step"].max().items():
@@ -374,6 +384,14 @@ def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], N
     engine_info = _engine_info(config, engines[0])
     return _serve(config, rest, arrival, params, engines, out, engine_info, _environment(config, start_s), firsts,
                   old_requests, old_steps, progress, hardware_boundary or {}, choices)
+
+
+def _last_finish_s(requests: pd.DataFrame) -> float:
+    """The latest ``finished_s`` of the records (0 when none has one)."""
+    if "finished_s" not in requests.columns:
+        return 0.0
+    ends = pd.to_numeric(requests["finished_s"], errors="coerce").dropna()
+    return float(ends.max()) if len(ends) else 0.0
 
 
 def _read_records(path: Path) -> pd.DataFrame:
@@ -458,15 +476,15 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
         extra["server_metrics"] = _metrics_delta(engines, metrics_after)
         # the servers' own step counts calibrate the grouping, when they cover every record (not after a resume)
         known = None if len(old_requests) else {i: m.get("iterations") for i, m in enumerate(extra["server_metrics"])}
-        requests, steps, rebuilt = _reconstructed(requests, out, _token_budget(config), known)
-        extra["reconstruction"] = {**rebuilt.to_dict(), "token_budget": _token_budget(config)}
+        budget = _token_budget(config)
+        requests, steps, rebuilt = _reconstructed(requests, out, budget, known)
+        extra["reconstruction"] = {**rebuilt.to_dict(), "token_budget": budget}
     elif len(old_steps):
         steps = pd.concat([old_steps[list(steps.columns)], steps], ignore_index=True)
         steps = steps.sort_values(["replica", "step"], kind="stable", ignore_index=True)
     makespan_s = max(float(steps["end_s"].max()) if len(steps) else 0.0,
                      float(requests["arrival_s"].max()) if len(requests) else 0.0,
-                     float(pd.to_numeric(requests["finished_s"], errors="coerce").max()) if server and len(requests)
-                     and requests["finished_s"].notna().any() else 0.0)
+                     _last_finish_s(requests) if server else 0.0)
     if config.engine == "sim":
         if config.meter in ("auto", "model"):
             energy = _modelled_energy(steps, engines, makespan_s)
@@ -500,15 +518,9 @@ def _serve_http(workload: Workload, engines: list, arrival: str, params: dict[st
     """Drive the servers: the arrival process on the wall clock, one streaming client per target; ``on_start``
     once the client is set up, right before the first request may go out (it starts the clock and meter)."""
     from replay.engines.http import serve
-
-    def start_feeder(front):
-        if arrival == "at_times":
-            return wall.env.process(arrivals.at_times(wall.env, workload, front, **params))
-        return arrivals.start(wall.env, arrival, workload, front, **params)
-
     on_finish = (lambda _record: bar.update(1)) if bar is not None else None
-    serve(wall, [e.target for e in engines], start_feeder, recorder, config.router, config.seed,
-          config.request_timeout_s, on_finish, on_start)
+    serve(wall, [e.target for e in engines], lambda front: _start_feeder(wall.env, arrival, workload, params, front),
+          recorder, config.router, config.seed, config.request_timeout_s, on_finish, on_start)
 
 
 def _scrape(engine) -> dict[str, float] | None:
@@ -538,13 +550,10 @@ def _token_budget(config: RunConfig) -> int:
     """The server's tokens per step, which the reconstruction chunks prompts by: --max-num-batched-tokens in
     the --launch command, else the run's --max-num-batched-tokens (set it as the server has it)."""
     if config.launch:
-        from replay.engines.http import launch_settings
-        argv = launch_settings(config.launch)[0]
-        for i, word in enumerate(argv):
-            value = (argv[i + 1] if word == "--max-num-batched-tokens" and i + 1 < len(argv) else
-                     word.split("=", 1)[1] if word.startswith("--max-num-batched-tokens=") else None)
-            if value is not None and value.isdigit() and int(value) > 0:
-                return int(value)
+        from replay.engines.http import launch_option
+        value = launch_option(config.launch, "--max-num-batched-tokens")
+        if value is not None and value.isdigit() and int(value) > 0:
+            return int(value)
     return config.max_num_batched_tokens
 
 
@@ -560,10 +569,7 @@ def _reconstructed(requests: pd.DataFrame, out: Path | None, token_budget: int |
         requests["prefill_steps"] = rebuilt.prefill_steps
     steps = rebuilt.steps
     if out is not None:
-        tmp = out / "steps.jsonl.part"
-        tmp.write_text("".join(json.dumps(plain(r), allow_nan=False, separators=(",", ":")) + "\n"
-                               for r in steps.replace({np.nan: None}).to_dict("records")), encoding="utf-8")
-        tmp.replace(out / "steps.jsonl")
+        _rewrite_jsonl(out / "steps.jsonl", steps)
     return requests, steps, rebuilt
 
 
@@ -666,10 +672,15 @@ def _measured(config: RunConfig, timeline, idle, steps: pd.DataFrame, requests: 
 
 def _rewrite_requests(out: Path, requests: pd.DataFrame) -> None:
     """requests.jsonl again, whole, with the energy fields settled at the end of the run (atomic)."""
-    tmp = out / "requests.jsonl.part"
+    _rewrite_jsonl(out / "requests.jsonl", requests)
+
+
+def _rewrite_jsonl(path: Path, frame: pd.DataFrame) -> None:
+    """A records file written whole from ``frame`` (atomic; NaN as null)."""
+    tmp = path.with_name(path.name + ".part")
     tmp.write_text("".join(json.dumps(plain(r), allow_nan=False, separators=(",", ":")) + "\n"
-                           for r in requests.to_dict("records")), encoding="utf-8")
-    tmp.replace(out / "requests.jsonl")
+                           for r in frame.to_dict("records")), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: float) -> Energy:
@@ -685,11 +696,9 @@ def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: 
 
 def _engine_info(config: RunConfig, engine) -> dict[str, Any]:
     if config.engine == "server":
-        from replay.engines.http import is_local
         # a server on this machine without an NVIDIA GPU runs on the CPU (the report's estimates then use the
         # 'cpu' hardware entry, as for the in-process CPU build); elsewhere --gpu names the hardware
-        local = config.launch is not None or all(is_local(u) for u in config.targets or [])
-        cpu = {"platform": "cpu"} if local and not _has_nvidia_gpu() else {}
+        cpu = {"platform": "cpu"} if _server_here(config) and not _has_nvidia_gpu() else {}
         return {**engine.info(), **cpu, "replicas": config.replicas if not config.targets else len(config.targets),
                 "energy": "measured by the meter on the server's GPUs; steps reconstructed from token times"}
     if config.engine == "vllm":

@@ -441,7 +441,10 @@ def test_gpu_not_given_is_the_one_nvml_names_here(monkeypatch):
     machine has no GPU); an unknown name falls back to the default and says so; a given --gpu is kept."""
     import sys
     from energy.energy_fakes import FakeNvml
-    from replay.run import _choose_gpu
+    from replay.run import _choose_gpu as choose, _nvidia_gpu_name
+
+    def _choose_gpu(config, here):
+        return choose(config, here, _nvidia_gpu_name() if here else None)
     chat = str(TRACES / "chat.jsonl")
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(count=1, names={0: "NVIDIA H200"}))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

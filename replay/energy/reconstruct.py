@@ -46,14 +46,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from replay.server import STEP_FIELDS
+
 __all__ = ["GAP_FRACTION", "Reconstruction", "reconstruct_steps", "spread_times"]
 
 GAP_FRACTION = 0.75
 CALIBRATION_FRACTIONS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # tried when the server's own step count is known
 MIN_GAP_S = 1e-4          # with no inter-token gaps to learn from (one-token requests): 0.1 ms
-STEP_COLUMNS = ("replica", "step", "start_s", "end_s", "duration_s", "prefill_tokens", "decode_tokens", "num_seqs",
-                "sampled_seqs", "attn_pairs", "kv_read_tokens", "running", "waiting", "kv_blocks_used",
-                "kv_blocks_total", "preempted", "energy_j")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def reconstruct_steps(records: pd.DataFrame | Sequence[Mapping[str, Any]], gap_f
                                      token_budget, int(known) if known else None)
         frames.append(frame)
         infos[replica] = info
-    steps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in STEP_COLUMNS})
+    steps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in STEP_FIELDS})
     return Reconstruction(steps, token_steps, prefill_steps, infos)
 
 
@@ -281,5 +280,5 @@ def _replica_steps(replica: int, series: list[tuple[np.ndarray, int]], recs: lis
         "kv_read_tokens": kv.astype(np.int64), "running": running.astype(np.int64),
         "waiting": np.zeros(n_steps, dtype=np.int64), "kv_blocks_used": np.zeros(n_steps, dtype=np.int64),
         "kv_blocks_total": np.zeros(n_steps, dtype=np.int64), "preempted": np.zeros(n_steps, dtype=np.int64),
-        "energy_j": np.full(n_steps, np.nan)}, columns=list(STEP_COLUMNS))
+        "energy_j": np.full(n_steps, np.nan)}, columns=list(STEP_FIELDS))
     return frame, info

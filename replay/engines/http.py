@@ -45,7 +45,7 @@ from replay.engines.prompts import Tokens
 from replay.trace.schema import Request
 
 __all__ = ["ClientLoop", "Launched", "ServerEngine", "ServerGone", "Target", "WallClock", "check_url", "healthy",
-           "is_local", "launch", "launch_settings", "open_servers", "probe", "scrape_metrics", "serve", "server_gpus",
+           "is_local", "launch", "launch_option", "launch_settings", "open_servers", "probe", "scrape_metrics", "serve", "server_gpus",
            "stream_request"]
 
 SAFE_VOCAB = 1000          # token ids below this exist in every model's vocabulary
@@ -226,13 +226,7 @@ def launch_settings(command: str) -> tuple[list[str], dict[str, str], int, str]:
         raise ValueError(f"--launch {command!r}: no command to run")
 
     def option(*names: str) -> str | None:
-        for i, w in enumerate(words):
-            for name in names:
-                if w == name and i + 1 < len(words):
-                    return words[i + 1]
-                if w.startswith(name + "="):
-                    return w.split("=", 1)[1]
-        return None
+        return _option(words, names)
 
     tp_text = option("--tensor-parallel-size", "-tp") or "1"
     if not tp_text.isdigit() or int(tp_text) < 1:
@@ -242,6 +236,22 @@ def launch_settings(command: str) -> tuple[list[str], dict[str, str], int, str]:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     return words, env, int(tp_text), f"http://{host}:{port}"
+
+
+def _option(words: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the first of ``names`` in a command's words (``--name VALUE`` or ``--name=VALUE``)."""
+    for i, w in enumerate(words):
+        for name in names:
+            if w == name and i + 1 < len(words):
+                return words[i + 1]
+            if w.startswith(name + "="):
+                return w.split("=", 1)[1]
+    return None
+
+
+def launch_option(command: str, *names: str) -> str | None:
+    """The value a ``--launch`` command gives one of ``names`` (e.g. ``--max-num-batched-tokens``), or None."""
+    return _option(launch_settings(command)[0], names)
 
 
 def launch(command: str, log: Path, url: str | None = None, timeout_s: float = 600.0,
@@ -426,12 +436,7 @@ class ClientLoop:
         try:
             record = await stream_request(self.session, self.target, request, self.tokens.prompt(request),
                                           self.clock.now, self.timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except ServerGone as exc:
-            self.clock.fail(exc)
-            return
-        except Exception as exc:  # a bug or an unexpected failure: stop the run, do not hide it
+        except Exception as exc:  # ServerGone, or an unexpected failure: stop the run, do not hide it
             self.clock.fail(exc)
             return
         record.update(replica=self.replica, arrival_s=scheduled_s, submitted_s=submitted_s)
@@ -580,7 +585,7 @@ def serve(clock: WallClock, targets: list[Target], start_feeder: Callable[[Any],
           on_finish: Callable[[dict], None] | None = None,
           on_start: Callable[[], None] | None = None) -> list[ClientLoop]:
     """Run the arrival process that ``start_feeder(front)`` starts (``front``: the router over one client per
-    target) until every request has ended, on ``clock`` (its environment's time is the run clock).
+    target, which the process closes once it has submitted everything) until every request has ended, on ``clock`` (its environment's time is the run clock).
     ``on_start``: called once the client is set up, right before the first event (default: ``clock.sync``);
     it must sync the clock (a meter started there then samples from the run's time 0)."""
     return asyncio.run(_serve(clock, targets, start_feeder, recorder, router, seed, timeout_s, on_finish,
@@ -599,7 +604,6 @@ async def _serve(clock, targets, start_feeder, recorder, router, seed, timeout_s
                             on_finish=on_finish) for i, t in enumerate(targets)]
         front = Router(loops, router)
         feeder = start_feeder(front)
-        feeder.callbacks.append(lambda _event: front.close())
         on_start()  # the run clock (and the meter) start now, after the client's set-up (imports, session)
         try:
             await clock.run(env.all_of([feeder] + [loop.process for loop in loops]))

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from replay.files import plain
+from replay.report.metrics import client_itls_s, pooled_itl_s
 
 __all__ = ["bench_result", "write_bench"]
 
@@ -46,16 +47,10 @@ def _column(requests: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def request_itls_s(requests: pd.DataFrame) -> list[list[float]]:
-    """Per request, the gaps between its consecutive output tokens as the client saw them (seconds), from
-    ``token_times_s`` (a server run; a chunk of several tokens counted once, as vLLM's client does); empty
-    lists for records without token times (in-process and simulated runs keep theirs in the steps)."""
-    if "token_times_s" not in requests.columns:
-        return [[] for _ in range(len(requests))]
-    out = []
-    for tt in requests["token_times_s"].tolist():
-        ok = isinstance(tt, (list, np.ndarray)) and len(tt) > 1
-        out.append(np.diff(np.unique(np.asarray(tt, dtype=float))).tolist() if ok else [])
-    return out
+    """Per request, the gaps between its consecutive output tokens as the client saw them (seconds; a server
+    run's ``token_times_s``); empty lists for records without token times (in-process and simulated runs keep
+    theirs in the steps)."""
+    return [gaps.tolist() for gaps in client_itls_s(requests)]
 
 
 def bench_result(summary: Any, requests: pd.DataFrame, steps: pd.DataFrame, config: Any,
@@ -68,11 +63,7 @@ def bench_result(summary: Any, requests: pd.DataFrame, steps: pd.DataFrame, conf
     arrival = _column(requests, "arrival_s")
     ttft, tpot, e2e = _column(requests, "ttft_s"), _column(requests, "tpot_s"), _column(requests, "e2e_s")
     itls = request_itls_s(requests)
-    if "token_times_s" in requests.columns:
-        pooled = np.array([g for i, gaps in enumerate(itls) if fin[i] for g in gaps], dtype=float)
-    else:  # the in-process and simulated engines' token gaps, from their steps
-        from replay.report.metrics import itl_s
-        pooled = itl_s(requests[fin], steps) if fin.any() and len(steps) else np.empty(0)
+    pooled = pooled_itl_s(requests[fin], steps) if fin.any() else np.empty(0)  # as the summary pools them
     reasons = requests["reason"].tolist() if "reason" in requests.columns else [None] * n
     rate = config.rate_per_s if config.arrival in ("poisson", "gamma") else None
     doc: dict[str, Any] = {

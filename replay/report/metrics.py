@@ -370,13 +370,21 @@ def itl_s(requests: pd.DataFrame, steps: pd.DataFrame) -> np.ndarray:
     return gaps[keep]
 
 
-def _itl(requests: pd.DataFrame, steps: pd.DataFrame) -> np.ndarray:
-    """ITL from the clients' own token times where the records carry them (a server run: the steps are a
-    reconstruction; a chunk of several tokens counts once, as vLLM's client counts it), else ``itl_s``."""
+def client_itls_s(requests: pd.DataFrame) -> list[np.ndarray]:
+    """Per record, the gaps between its consecutive output tokens as the client saw them (``token_times_s``, a
+    server run; a chunk of several tokens counts once, as vLLM's client counts it); empty without token times."""
+    if "token_times_s" not in requests.columns:
+        return [np.empty(0)] * len(requests)
+    return [np.diff(np.unique(np.asarray(t, dtype=float))) if isinstance(t, (list, np.ndarray)) and len(t) > 1
+            else np.empty(0) for t in requests["token_times_s"].tolist()]
+
+
+def pooled_itl_s(requests: pd.DataFrame, steps: pd.DataFrame) -> np.ndarray:
+    """Every ITL of ``requests``: from the clients' own token times where the records carry them (a server run,
+    whose steps are a reconstruction), else from the steps (``itl_s``)."""
     if "token_times_s" not in requests.columns:
         return itl_s(requests, steps)
-    gaps = [np.diff(np.unique(np.asarray(t, dtype=float))) for t in requests["token_times_s"].tolist()
-            if isinstance(t, (list, np.ndarray)) and len(t) > 1]
+    gaps = client_itls_s(requests)
     return np.concatenate(gaps) if gaps else np.empty(0)
 
 
@@ -417,7 +425,7 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, energy: Energy, slo: 
     lat = {
         "ttft": _dist(ttft), "tpot": _dist(tpot), "e2el": _dist(e2e),
         "queue": _dist(_floats(requests, "queue_s", "requests")[fin]),
-        "itl": _dist(_itl(requests[fin], steps) if n_fin else np.empty(0)),
+        "itl": _dist(pooled_itl_s(requests[fin], steps) if n_fin else np.empty(0)),
     }
 
     good = goodput = fraction = None
