@@ -3,6 +3,9 @@
 - ``replay calibrate --perf`` fits the simulated engine's step-time model to the step records of runs (a real
   engine's, so the simulator learns its speed), with in-sample and held-out error, and writes the parameters
   ``replay run --perf`` reads.
+- ``replay calibrate --power`` fits the simulated engine's power model to measured runs (their steps and
+  power.csv), with in-sample and held-out error on window and run energy, and writes the parameters
+  ``replay run --power`` reads.
 - ``replay calibrate --form`` fits the [SS26] energy-per-token forms (Eq. 5, Eq. 4, baselines B1-B4) to the
   runs' per-request energy, grouped by (input, output) length, with in-sample and K-fold held-out MAPE, and
   writes the theta YAML ``replay sweetspot --theta`` and the estimators read.
@@ -18,14 +21,15 @@ import numpy as np
 import pandas as pd
 
 from replay import specs
-from replay.engines.sim.perf import SHAPE_COLUMNS, fit_perf, save_perf
+from replay.engines.sim.perf import SHAPE_COLUMNS, PerfModel, fit_perf, save_perf
+from replay.engines.sim.power_fit import MeasuredRun, PowerFit, fit_power, save_power
 from replay.estimate.forms import FORM_TERMS, FORM_TITLES, FORMS, Theta, fit, kfold, save_theta
 from replay.files import read_jsonl, read_yaml
-from replay.report.rundir import energy_kind, not_measured_reason, read_summary
+from replay.report.rundir import energy_kind, load_run, not_measured_reason, read_summary
 
 __all__ = [
-    "EnergyPoints", "FormCalibration", "FormFit", "calibrate_forms", "calibrate_perf", "energy_points",
-    "format_form_calibration", "parse_forms", "read_steps",
+    "EnergyPoints", "FormCalibration", "FormFit", "calibrate_forms", "calibrate_perf", "calibrate_power",
+    "energy_points", "format_form_calibration", "format_power_fit", "parse_forms", "read_steps",
 ]
 
 
@@ -52,29 +56,35 @@ def read_steps(run_dir: str | Path) -> pd.DataFrame:
     return steps
 
 
-def calibrate_perf(run_dirs: list[str | Path], model: str | None = None, gpu: str | None = None,
-                   tp: int | None = None, out: str | Path | None = None) -> str:
-    """Fit the step-time model to the steps of ``run_dirs`` (one model, GPU and tp), write the parameters to
-    ``out`` (default ``perf.yaml`` in the first run directory) and return a short report."""
-    dirs = [Path(d) for d in run_dirs]
-    frames, seen = [], set()
+def _one_setting(dirs: list[Path], model: str | None, gpu: str | None, tp: int | None) -> tuple[str, str, int]:
+    """The (model, gpu, tp) every run directory shares (the options override config.yaml); runs that differ are
+    an error: one setting is fitted at a time."""
+    seen = set()
     for d in dirs:
-        steps = read_steps(d)
         cfg = _run_config(d)
         setting = (model or cfg.get("model"), gpu or cfg.get("gpu"), tp or cfg.get("tp") or 1)
         if setting[0] is None or setting[1] is None:
             raise ValueError(f"{d}: no config.yaml naming the model and gpu; pass --model and --gpu")
         seen.add(setting)
-        frames.append(steps)
     if len(seen) > 1:
         raise ValueError("the runs differ in model, GPU or tp ("
                          + "; ".join(f"{m} on {tp_} x {g}" for m, g, tp_ in sorted(seen, key=str))
                          + "): fit one setting at a time")
-    (model_name, gpu_name, tp_) = seen.pop()
+    model_name, gpu_name, tp_ = seen.pop()
+    return str(model_name), str(gpu_name), int(tp_)
+
+
+def calibrate_perf(run_dirs: list[str | Path], model: str | None = None, gpu: str | None = None,
+                   tp: int | None = None, out: str | Path | None = None) -> str:
+    """Fit the step-time model to the steps of ``run_dirs`` (one model, GPU and tp), write the parameters to
+    ``out`` (default ``perf.yaml`` in the first run directory) and return a short report."""
+    dirs = [Path(d) for d in run_dirs]
+    frames = [read_steps(d) for d in dirs]
+    model_name, gpu_name, tp_ = _one_setting(dirs, model, gpu, tp)
     steps = pd.concat(frames, ignore_index=True)
-    fit = fit_perf(steps, specs.model(model_name), specs.hardware(gpu_name), tp=int(tp_))
+    fit = fit_perf(steps, specs.model(model_name), specs.hardware(gpu_name), tp=tp_)
     target = Path(out) if out is not None else dirs[0] / "perf.yaml"
-    save_perf(target, fit, {"model": model_name, "gpu": gpu_name, "tp": int(tp_),
+    save_perf(target, fit, {"model": model_name, "gpu": gpu_name, "tp": tp_,
                             "runs": [str(d) for d in dirs], "steps": int(len(steps))})
     p = fit.params
     held = (f"{fit.holdout_mape:.1f}% on {fit.holdout_n} held-out steps" if fit.holdout_mape is not None
@@ -88,6 +98,73 @@ def calibrate_perf(run_dirs: list[str | Path], model: str | None = None, gpu: st
         f"  step-time error: in-sample MAPE {fit.mape:.1f}% (median {fit.median_ape:.1f}%), held-out MAPE {held}",
         f"wrote {target}",
     ])
+
+
+def measured_run(run_dir: str | Path) -> MeasuredRun:
+    """A run directory as the power fit reads it: its steps, its power.csv and the idle power it measured. A run
+    without measured energy is an error that says why; so is a meter that covered other GPUs than the replica's."""
+    d = Path(run_dir)
+    run = load_run(d)
+    if run.energy_kind != "measured" or run.timeline is None:
+        why = ("its energy is modelled (the simulated engine): the power model cannot be fitted to itself"
+               if run.energy_kind == "modelled" else f"energy not measured ({run.energy_reason})"
+               if run.energy_kind is None else "no power.csv")
+        raise ValueError(f"{d}: {why}; --power needs runs measured by a meter (--meter nvml or rapl on a real "
+                         f"engine)")
+    tp = int(run.engine.get("tp") or run.config.get("tp") or 1)
+    replicas = int(run.config.get("replicas") or 1)
+    devices = run.timeline.devices
+    if len(devices) != tp * replicas:
+        raise ValueError(f"{d / 'power.csv'}: the meter read {len(devices)} device(s) ({', '.join(devices)}) but the "
+                         f"run's engine has {tp * replicas} GPU(s): the power fit needs the meter on those GPUs only "
+                         f"(--target-gpus)")
+    if replicas > 1:
+        raise ValueError(f"{d}: {replicas} replicas share one meter; fit runs of one replica")
+    idle = run.doc.get("idle") if isinstance(run.doc.get("idle"), dict) else {}
+    idle_w = idle.get("idle_total_w")
+    return MeasuredRun(str(d), run.steps, run.timeline, float(idle_w) if idle_w is not None else None)
+
+
+def calibrate_power(run_dirs: list[str | Path], model: str | None = None, gpu: str | None = None,
+                    tp: int | None = None, out: str | Path | None = None, window_s: float = 1.0) -> tuple[PowerFit, Path]:
+    """Fit the simulated engine's power model to measured runs (one model, GPU and tp; see
+    ``replay.engines.sim.power_fit``), write it to ``out`` (default ``power.yaml`` in the first run directory) and
+    return the fit and the path. FLOPs and bytes per step are the step-time model's counting; the durations are
+    the measured ones."""
+    dirs = [Path(d) for d in run_dirs]
+    model_name, gpu_name, tp_ = _one_setting(dirs, model, gpu, tp)
+    runs = [measured_run(d) for d in dirs]
+    spec, hw = specs.model(model_name), specs.hardware(gpu_name)
+    fit = fit_power(runs, PerfModel(spec, hw, tp=tp_), window_s=window_s)
+    target = Path(out) if out is not None else dirs[0] / "power.yaml"
+    save_power(target, fit, {"model": model_name, "gpu": gpu_name, "tp": tp_, "runs": [str(d) for d in dirs],
+                             "energy": sorted({r.timeline.label for r in runs if r.timeline.label})})
+    return fit, target
+
+
+def format_power_fit(fit: PowerFit, path: Path | None = None, runs: int | None = None) -> str:
+    """What ``replay calibrate --power`` prints: the parameters, then per run the in-sample and held-out error
+    of window energy and of the whole run's energy."""
+    p = fit.params
+    lines = [f"fitted the power model to {fit.windows:,} meter windows of {fit.window_s:g} s over {fit.steps:,} "
+             f"steps from {len(fit.in_sample)} measured run(s)",
+             f"  idle {p.idle_w:.1f} W per GPU ({fit.idle_source}), {p.busy_w:.1f} W more while a step runs, "
+             f"capped at {p.max_w:g} W ({fit.capped_steps:,} steps at the cap)",
+             f"  compute weight {p.compute_weight:.4g}, memory weight {p.memory_weight:.4g} (shares of max - idle "
+             f"per unit of peak FLOP/s and of peak bandwidth)",
+             f"{'run':<40} {'windows':>7} {'in-sample: window MAPE':>23} {'run energy':>10} "
+             f"{'held-out: window MAPE':>22} {'run energy':>10}"]
+    held = {e.run: e for e in fit.held_out}
+    for e in fit.in_sample:
+        h = held.get(e.run)
+        name = e.run if len(e.run) <= 40 else "..." + e.run[-37:]
+        lines.append(f"{name:<40} {e.windows:>7} {e.window_mape:>22.1f}% {e.energy_error_pct:>+9.1f}% "
+                     + (f"{h.window_mape:>21.1f}% {h.energy_error_pct:>+9.1f}%" if h else f"{'n/a':>22} {'n/a':>10}"))
+    lines.append(f"  held out: {fit.held_out_how}; run energy: predicted / measured - 1")
+    lines += [f"  note: {n}" for n in fit.notes]
+    if path is not None:
+        lines.append(f"wrote {path}")
+    return "\n".join(lines)
 
 
 # --- [SS26] energy forms -------------------------------------------------------------------------------------

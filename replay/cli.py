@@ -14,8 +14,16 @@ from click.core import ParameterSource
 
 from replay import __version__
 from replay.arrivals import PROCESSES
-from replay.calibrate import calibrate_forms, calibrate_perf, format_form_calibration, parse_forms
+from replay.calibrate import (
+    calibrate_forms,
+    calibrate_perf,
+    calibrate_power,
+    format_form_calibration,
+    format_power_fit,
+    parse_forms,
+)
 from replay.config import ENGINES, METER_CHOICES, RATE_SCALE_HOW, RunConfig, load_config
+from replay.engines.sim.calibration import calibration_line
 from replay.estimate.forms import PRESETS, load_theta, preset
 from replay.plan import format_plan, parse_target, plan_replicas
 from replay.report.metrics import format_summary
@@ -192,7 +200,7 @@ _RUN_OPTIONS = {
     "block_size": "block_size", "gpu_memory_utilization": "gpu_memory_utilization", "kv_blocks": "kv_blocks",
     "max_model_len": "max_model_len", "chunked_prefill": "chunked_prefill", "prefix_caching": "prefix_caching",
     "enforce_eager": "enforce_eager",
-    "perf": "perf", "slo": "slo", "out": "out", "meter": "meter", "meter_period_s": "meter_period_s",
+    "perf": "perf", "power": "power", "slo": "slo", "out": "out", "meter": "meter", "meter_period_s": "meter_period_s",
     "idle_s": "idle_s",
 }
 
@@ -268,8 +276,12 @@ _RUN_DECORATORS = [
     click.option("--eager/--no-eager", "enforce_eager", default=None,
                   help="Real engine: eager mode (no CUDA graphs, no torch.compile), as [Na25] compares; default: "
                        "eager on vLLM's CPU build, CUDA graphs on a GPU. The simulated engine ignores it."),
-    click.option("--perf", type=click.Path(dir_okay=False, exists=True), default=None,
-                  help="Performance parameters fitted by 'replay calibrate --perf'."),
+    click.option("--perf", default=None, metavar="FILE|none",
+                  help="Simulated engine: step-time parameters fitted by 'replay calibrate --perf' (default: the "
+                       "calibration replay ships for --gpu, where there is one; none: the uncalibrated roofline)."),
+    click.option("--power", default=None, metavar="FILE|none",
+                  help="Simulated engine: power parameters fitted by 'replay calibrate --power' (default: the "
+                       "calibration replay ships for --gpu, where there is one; none: the uncalibrated defaults)."),
     click.option("--slo", default=None, help="Goodput SLO, e.g. ttft=2s,tpot=100ms,e2e=30s."),
     click.option("--meter", type=click.Choice(METER_CHOICES), default="auto", show_default=True,
                   help="Energy: auto picks nvml, else rapl, for the real engine and the power model for the "
@@ -409,6 +421,9 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
         click.echo(f"sent {len(result.requests):,} requests in {result.wall_s:.2f} s; {steps:,} steps reconstructed "
                    "from their token times (summary.json: reconstruction, server_metrics)")
     else:
+        calibration = result.engine.get("calibration") if result.config.engine == "sim" else None
+        if calibration:
+            click.echo(calibration_line(calibration))
         verb = "simulated" if result.config.engine == "sim" else "served"
         click.echo(f"{verb} {len(result.requests):,} requests and {steps:,} steps in {result.wall_s:.2f} s "
                    f"({steps / result.wall_s if result.wall_s > 0 else float('inf'):,.0f} steps/s)")
@@ -558,6 +573,10 @@ def sweep_cmd(ctx, trace, grid, requests, ray_address, resume_dir, config_file, 
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--perf", "perf_fit", is_flag=True,
               help="Fit the simulated engine's step-time model to the runs' measured steps.")
+@click.option("--power", "power_fit", is_flag=True,
+              help="Fit the simulated engine's power model to measured runs (their steps and power.csv).")
+@click.option("--window-s", type=float, default=1.0, show_default=True,
+              help="--power: the meter windows the fit compares, seconds (the meter cannot see single steps).")
 @click.option("--form", "form_text", default=None,
               help="Fit [SS26] energy-per-token forms to the runs' request energy: eq5 (SweetSpot), eq4 "
                    "(FLOPs-based), b1, b2, b3, b4, a comma list, or all (a MAPE comparison table).")
@@ -567,18 +586,24 @@ def sweep_cmd(ctx, trace, grid, requests, ray_address, resume_dir, config_file, 
 @click.option("--model", default=None, help="Model of the runs (default: from their config.yaml).")
 @click.option("--gpu", default=None, help="Hardware of the runs (default: from their config.yaml).")
 @click.option("--tp", type=int, default=None,
-              help="--perf: tensor parallelism of the runs (default: from config.yaml).")
+              help="--perf, --power: tensor parallelism of the runs (default: from config.yaml).")
 @click.option("--out", type=click.Path(), default=None,
-              help="Where to write: --perf: the parameters (default perf.yaml in the first run directory); --form "
+              help="Where to write: --perf, --power: the parameters (default perf.yaml or power.yaml in the first run "
+                   "directory); --form "
                    "with one form: the theta YAML (default theta-FORM.yaml there); with several: a directory for "
                    "theta-FORM.yaml files.")
 @_friendly
-def calibrate_cmd(run_dirs, perf_fit, form_text, folds, seed, model, gpu, tp, out):
+def calibrate_cmd(run_dirs, perf_fit, power_fit, window_s, form_text, folds, seed, model, gpu, tp, out):
     """Fit model parameters to recorded runs.
 
     With --perf: fit the simulated engine's step-time model (compute and memory efficiency, per-step,
     per-sequence and prefill-step overhead) to the step records (steps.jsonl) of runs on a real engine, report in-sample and
     held-out error, and write YAML that 'replay run --perf FILE' reads.
+
+    With --power: fit the simulated engine's power model (idle, power while a step runs, per unit of compute and
+    of memory-bandwidth use, capped at the TDP) to measured runs' steps and power.csv, over windows of the meter's
+    samples; print per run the in-sample and held-out error (each run predicted by a fit on the others) of window
+    energy and of the run's energy, and write YAML that 'replay run --power FILE' reads.
 
     With --form: group the runs' finished requests by (input, output) length, take energy per output token
     E_tok = sum(energy_j) / sum(output tokens) at each, fit the [SS26] form by least squares, print the
@@ -590,11 +615,17 @@ def calibrate_cmd(run_dirs, perf_fit, form_text, folds, seed, model, gpu, tp, ou
     Example:
       replay calibrate runs/chat-vllm --perf --out perf.yaml
       replay run traces/code.jsonl --perf perf.yaml --model tiny-llama --gpu cpu
+      replay calibrate runs/chat runs/code runs/grid --power --out power.yaml
+      replay run traces/chat.jsonl --engine sim --gpu h200 --perf perf.yaml --power power.yaml
       replay calibrate sweeps/ss26 --form eq5 --out theta.yaml
       replay calibrate runs/chat-a runs/chat-b --form all --folds 5
     """
-    if perf_fit and form_text:
-        raise click.UsageError("--perf and --form are alternatives: fit one at a time")
+    if perf_fit + power_fit + bool(form_text) > 1:
+        raise click.UsageError("--perf, --power and --form are alternatives: fit one at a time")
+    if power_fit:
+        fit, path = calibrate_power(list(run_dirs), model=model, gpu=gpu, tp=tp, out=out, window_s=window_s)
+        click.echo(format_power_fit(fit, path))
+        return
     if form_text:
         if tp is not None:
             raise click.UsageError("--tp is for --perf only")
@@ -603,7 +634,8 @@ def calibrate_cmd(run_dirs, perf_fit, form_text, folds, seed, model, gpu, tp, ou
         click.echo(format_form_calibration(result))
         return
     if not perf_fit:
-        raise click.UsageError("say what to fit: --perf (the step-time model) or --form (the [SS26] energy forms)")
+        raise click.UsageError("say what to fit: --perf (the step-time model), --power (the power model) or --form "
+                               "(the [SS26] energy forms)")
     report = calibrate_perf(list(run_dirs), model=model, gpu=gpu, tp=tp, out=out)
     click.echo(report)
 

@@ -58,7 +58,9 @@ class RunConfig:
     prefix_caching: bool = False
     fuse_decodes: bool = True               # simulate identical decode steps in one go (same records; faster)
     enforce_eager: bool | None = None        # real engine: eager mode; None: vLLM CPU eager, GPU CUDA graphs
-    perf: str | None = None                  # fitted performance parameters (replay calibrate --perf)
+    perf: str | None = None                  # sim: step-time parameters (replay calibrate --perf); none: defaults;
+                                             # None: the calibration shipped for the GPU, where there is one
+    power: str | None = None                 # sim: power parameters (replay calibrate --power); as perf
     slo: str | None = None                   # "ttft=2s,tpot=100ms"
     meter: str = "auto"                      # energy: auto | nvml | rapl | model | none
     meter_period_s: float = 0.1              # background sampling period of nvml / rapl

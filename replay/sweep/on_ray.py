@@ -38,14 +38,14 @@ def _task_options(point: Point, cluster_gpus: float) -> dict[str, Any]:
 
 
 def _absolute(point: Point, synthetic: bool) -> dict[str, Any]:
-    """The point's config with its paths (out, trace, perf, a model given as a directory) absolute (a Ray
+    """The point's config with its paths (out, trace, perf, power, a model given as a directory) absolute (a Ray
     worker's working directory is not ours)."""
     c = point.config
     out = Path(c.out).resolve()
     trace = str(out / POINT_TRACE) if synthetic else str(Path(c.trace).resolve())
-    perf = str(Path(c.perf).resolve()) if c.perf else None
+    perf, power = (str(Path(f).resolve()) if f and f.strip().lower() != "none" else f for f in (c.perf, c.power))
     model = str(Path(c.model).expanduser().resolve()) if c.model and Path(c.model).expanduser().exists() else c.model
-    return replace(c, out=str(out), trace=trace, perf=perf, model=model).to_dict()
+    return replace(c, out=str(out), trace=trace, perf=perf, power=power, model=model).to_dict()
 
 
 def run_on_ray(points: list[tuple[Point, tuple[int, int, int] | None]], address: str,

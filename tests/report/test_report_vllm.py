@@ -113,3 +113,28 @@ def test_report_of_a_real_run_without_a_meter(runs, tmp_path):
     assert "energy: not measured: --meter none" in text
     assert "measured J" not in text
     assert short_report(run).startswith("energy vs estimates: not measured: --meter none")
+
+
+def test_calibrate_power_on_a_measured_real_run_and_the_simulator_uses_it(runs, tmp_path):
+    """`replay calibrate --power` on the real engine's measured run (NVML faked as above: the counter follows the
+    engine's CPU work), then the simulated engine with that file; a run without a meter is refused, saying why."""
+    measured, power = runs["measured"].out, tmp_path / "power.yaml"
+    result = CliRunner().invoke(main, ["calibrate", str(measured), "--power", "--model", "tiny-llama", "--gpu", "cpu",
+                                       "--window-s", "0.2", "--out", str(power)])
+    assert result.exit_code == 0, result.output
+    assert "every fifth window of the run held out" in result.output and f"wrote {power}" in result.output
+    from replay.engines.sim.power_fit import load_power
+    from replay.files import read_yaml
+    fit = read_yaml(power)["fit"]
+    idle = json.loads((measured / "summary.json").read_text())["idle"]["idle_total_w"]
+    assert load_power(power).idle_w == pytest.approx(idle)
+    assert abs(fit["in_sample"][0]["energy_error_pct"]) < 10.0
+    assert fit["in_sample"][0]["measured_j"] > 0
+    sim = CliRunner().invoke(main, ["run", str(TRACES / "chat.jsonl"), "--engine", "sim", "--model", "tiny-llama",
+                                    "--gpu", "cpu", "--duration-s", "10", "--power", str(power),
+                                    "--out", str(tmp_path / "sim"), "--quiet"])
+    assert sim.exit_code == 0, sim.output
+    assert f"power: --power {power}" in sim.output
+    refused = CliRunner().invoke(main, ["calibrate", str(runs["unmeasured"].out), "--power", "--model", "tiny-llama",
+                                        "--gpu", "cpu"])
+    assert refused.exit_code == 1 and "energy not measured" in refused.output and "--power needs" in refused.output

@@ -67,6 +67,7 @@ class SimEngine:
     """One replica (``tp`` GPUs) of a vLLM deployment, simulated."""
 
     energy_label = "modelled"
+    calibration = None      # replay.engines.sim.calibration.Calibration the run chose, for its records
 
     def __init__(self, model: ModelSpec, hardware: Hardware, *, tp: int = 1, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 8192, block_size: int = 16, gpu_memory_utilization: float = 0.9,

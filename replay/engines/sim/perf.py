@@ -414,16 +414,11 @@ def fit_perf(steps: pd.DataFrame, model: ModelSpec, hardware: Hardware, tp: int 
 # --- persistence ---------------------------------------------------------------------------------------------
 
 
-def save_perf(path: str | Path, fit_or_params: PerfFit | PerfParams, meta: dict | None = None) -> Path:
-    """Write parameters (and, for a PerfFit, its error figures) with ``meta`` (model, hardware, tp, where the
-    steps came from...) as YAML: ``{perf_params: {...}, fit: {...}, meta: {...}}``."""
+def save_params(path: str | Path, key: str, params: Any, fit: dict | None, meta: dict | None) -> Path:
+    """Write a parameter dataclass under ``key`` with its fit figures and ``meta`` (model, hardware, where the
+    data came from...) as YAML: ``{key: {...}, fit: {...}, meta: {...}}`` (perf and power files alike)."""
     path = Path(path)
-    if isinstance(fit_or_params, PerfFit):
-        params = fit_or_params.params
-        fit = {k: v for k, v in fit_or_params.to_dict().items() if k != "params"}
-    else:
-        params, fit = fit_or_params, None
-    doc: dict[str, Any] = {"perf_params": params.to_dict()}
+    doc: dict[str, Any] = {key: params.to_dict()}
     if fit is not None:
         doc["fit"] = fit
     doc["meta"] = dict(meta or {})
@@ -435,13 +430,26 @@ def save_perf(path: str | Path, fit_or_params: PerfFit | PerfParams, meta: dict 
     return path
 
 
-def load_perf(path: str | Path) -> PerfParams:
-    """Read the ``perf_params`` of a file written by ``save_perf``; errors name the file and the key."""
+def load_params(path: str | Path, key: str, cls: type, written_by: str) -> Any:
+    """Read ``key`` of a file written by ``save_params`` as ``cls``; errors name the file and the key."""
     path = Path(path)
     doc = read_yaml(path)
-    if not isinstance(doc, dict) or "perf_params" not in doc:
-        raise ValueError(f"{path}: missing key 'perf_params' (expected a file written by save_perf)")
+    if not isinstance(doc, dict) or key not in doc:
+        raise ValueError(f"{path}: missing key {key!r} (expected a file written by {written_by})")
     try:
-        return PerfParams.from_dict(doc["perf_params"])
+        return cls.from_dict(doc[key])
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: key 'perf_params': {exc}") from None
+        raise ValueError(f"{path}: key {key!r}: {exc}") from None
+
+
+def save_perf(path: str | Path, fit_or_params: PerfFit | PerfParams, meta: dict | None = None) -> Path:
+    """Write parameters (and, for a PerfFit, its error figures) with ``meta`` as YAML (``save_params``)."""
+    if isinstance(fit_or_params, PerfFit):
+        fit = {k: v for k, v in fit_or_params.to_dict().items() if k != "params"}
+        return save_params(path, "perf_params", fit_or_params.params, fit, meta)
+    return save_params(path, "perf_params", fit_or_params, None, meta)
+
+
+def load_perf(path: str | Path) -> PerfParams:
+    """Read the ``perf_params`` of a file written by ``save_perf``; errors name the file and the key."""
+    return load_params(path, "perf_params", PerfParams, "save_perf")

@@ -4,9 +4,11 @@ Why: a simulated run has no meter, yet its energy must respond to what the batch
 drives a GPU to its power limit, a memory-bound decode draws well below it, and an idle replica still draws
 idle power. The model maps the per-GPU utilisation the performance model reports for a step (fraction of peak
 FLOP/s c, fraction of peak memory bandwidth m; ``PerfModel.utilisation``) to board power, linearly between
-idle and max and capped at max:
+idle and max and capped at max, plus ``busy_w`` for any step that does work (a GPU running kernels draws more
+than idle whatever they do; 0 by default, fitted by ``replay calibrate --power``, see power_fit.py):
 
-    P_replica = tp * (idle_w + (max_w - idle_w) * min(1, compute_weight * c + memory_weight * m))
+    P_replica = tp * (idle_w + (max_w - idle_w) * min(1, busy_w / (max_w - idle_w) + compute_weight * c
+                                                         + memory_weight * m))
     E_step    = P_replica * duration_s
 
 Every figure this module produces is labelled ``LABEL = "modelled"``; reports must never present it as measured.
@@ -52,6 +54,7 @@ class PowerParams:
     max_w: float | None = None       # per GPU; None -> hardware.tdp_w
     compute_weight: float = 2.0      # share of (max - idle) drawn per unit of compute utilisation
     memory_weight: float = 0.7       # share of (max - idle) drawn per unit of memory-bandwidth utilisation
+    busy_w: float = 0.0              # per GPU, more than idle while a step does any work (fitted; 0: not known)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -90,10 +93,12 @@ class PowerModel:
         self.max_w = tp * float(gpu_max_w)
         self._span_w = self.max_w - self.idle_w
         self._cw, self._mw = float(params.compute_weight), float(params.memory_weight)
+        # busy_w as a share of the span (0 where the span is 0: then power is idle whatever the load)
+        self._busy = float(params.busy_w) / (gpu_max_w - gpu_idle_w) if gpu_max_w > gpu_idle_w else 0.0
 
     def power_w(self, compute_frac: float, memory_frac: float) -> float:
-        """Replica watts at the given per-GPU utilisations (fractions of peak, 0..1)."""
-        load = self._cw * compute_frac + self._mw * memory_frac
+        """Replica watts of a step that does work at the given per-GPU utilisations (fractions of peak, 0..1)."""
+        load = self._busy + self._cw * compute_frac + self._mw * memory_frac
         return self.idle_w + self._span_w * (load if load < 1.0 else 1.0)
 
     def step_energy_j(self, perf: PerfModel, prefill_tokens: int, decode_tokens: int, num_seqs: int,
@@ -103,6 +108,8 @@ class PowerModel:
             raise ValueError(f"perf model has tp={perf.tp} but power model has tp={self.tp}")
         c, m = perf.utilisation(prefill_tokens, decode_tokens, num_seqs, sampled_seqs, attn_pairs, kv_read_tokens,
                                 duration_s)
+        if prefill_tokens + decode_tokens <= 0:                     # a step without work: idle
+            return self.idle_w * duration_s
         return self.power_w(c, m) * duration_s
 
     def decode_energies_j(self, perf: PerfModel, batch: int, kv_read_tokens: np.ndarray,
@@ -115,7 +122,7 @@ class PowerModel:
         nbytes = perf.weight_bytes + perf.kv_bytes_per_token * (kv_read_tokens + batch)
         c = np.minimum(flops / (perf.peak_flops * durations_s), 1.0)
         m = np.minimum(nbytes / (perf.bandwidth_bps * durations_s), 1.0)
-        load = np.minimum(self._cw * c + self._mw * m, 1.0)
+        load = np.minimum(self._busy + self._cw * c + self._mw * m, 1.0)
         return (self.idle_w + self._span_w * load) * durations_s
 
     def idle_energy_j(self, seconds: float) -> float:
