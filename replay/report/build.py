@@ -61,7 +61,7 @@ def _as_run(run: RunData | str | Path | Any) -> RunData:
 def _overview(run: RunData) -> dict[str, Any]:
     s, engine = run.summary, run.engine
     return {"path": str(run.path) if run.path is not None else None, "engine": engine.get("engine"),
-            "platform": engine.get("platform"), "url": engine.get("url"), "model": run.config.get("model") or engine.get("model"),
+            "platform": engine.get("platform"), "url": engine.get("url"), "calibration": engine.get("calibration"), "model": run.config.get("model") or engine.get("model"),
             "gpu": run.config.get("gpu"), "trace": run.config.get("trace"), "mode": run.config.get("mode"),
             "arrival": run.config.get("arrival"), "requests": s.get("requests"), "finished": s.get("finished"),
             "rejected": s.get("rejected"), "unfinished": s.get("unfinished"), "failed": s.get("failed"),

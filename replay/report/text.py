@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from replay.engines.sim.calibration import calibration_line
 from replay.report.build import LATENCIES, STATS, Report, Written, build_report
 from replay.report.compare import Comparison, gap_text
 
@@ -67,6 +68,8 @@ def _run(r: Report) -> Section:
              f"{_n(o['requests'] or 0, 'request')} ({o['finished']} finished, {o['rejected']} rejected, {o['unfinished']} "
              f"unfinished" + (f", {o['failed']} failed" if o.get("failed") else "") +
              f") in {_j(o['duration_s'], ',.2f')} s"]
+    if o.get("calibration"):
+        lines.append(calibration_line(o["calibration"]))
     if o["energy"] == "not measured":
         lines.append(f"energy: not measured: {o['energy_reason']}")
     else:

@@ -63,6 +63,8 @@ def test_replay_run_says_which_calibration_it_used(tmp_path):
     assert "calibration: step time and power: shipped for h200 (fitted on llama-3.1-8b" in said["shipped"]
     assert ("calibration: step time: uncalibrated defaults (--perf none); power: uncalibrated defaults "
             "(--power none)") in said["none"]
+    report = runner.invoke(main, ["report", str(out["shipped"])])
+    assert report.exit_code == 0 and "calibration: step time and power: shipped for h200" in report.output
     shipped = json.loads((out["shipped"] / "summary.json").read_text())
     bare = json.loads((out["none"] / "summary.json").read_text())
     assert shipped["engine"]["calibration"]["power"].startswith("shipped for h200")
