@@ -208,10 +208,11 @@ def _summary_energy(run_dir: Path) -> str:
 
 
 def _run_setting(run_dir: Path) -> tuple[str | None, str | None]:
-    """(model, hardware) of a run from its config.yaml: the resolved engine's, else the options'."""
+    """(model, hardware) of a run from its config.yaml: the model as named (the resolved engine's is the path a
+    real engine loaded, on its machine), the hardware as resolved, each falling back to the other."""
     cfg = _run_config(run_dir)
     resolved = cfg.get("resolved_engine") if isinstance(cfg.get("resolved_engine"), dict) else {}
-    model = resolved.get("model") or cfg.get("model")
+    model = cfg.get("model") or resolved.get("model")      # the name given, not the path the engine loaded
     gpu = resolved.get("gpu") or cfg.get("gpu")
     return (str(model) if model is not None else None, str(gpu) if gpu is not None else None)
 

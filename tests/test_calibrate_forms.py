@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from replay.calibrate import calibrate_forms, energy_points, parse_forms
@@ -230,3 +232,14 @@ def test_a_sweep_directory_stands_for_its_finished_points(tmp_path):
     assert "1 of 9 sweep points not finished" in result.output
     theta = load_theta(out / "theta-eq4.yaml")
     assert theta.fit["n_points"] == 8 and theta.fit["requests"] == 24 and len(theta.fit["runs"]) == 8
+
+
+def test_the_model_is_the_name_the_run_was_given_not_the_path_its_engine_loaded(tmp_path):
+    """A real engine's resolved model is the directory it loaded on its own machine (the H200 runs say
+    /tmp/stage/.../llama-3.1-8b); the fit names the model as the run did, so a report does not see a mismatch."""
+    w = Workload.from_requests([Request(str(n), None, i, 16) for n, i in enumerate((64, 64, 128))])
+    run_dir = Path(_run(tmp_path, "named", w))
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["resolved_engine"]["model"] = "/elsewhere/models/" + cfg["model"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert energy_points([run_dir]).model == cfg["model"]
