@@ -25,6 +25,7 @@ from replay.calibrate import (
 from replay.config import ENGINES, METER_CHOICES, RATE_SCALE_HOW, RunConfig, load_config
 from replay.engines.sim.calibration import calibration_line
 from replay.estimate.forms import PRESETS, load_theta, preset
+from replay.files import write_atomic
 from replay.plan import format_plan, parse_target, plan_replicas
 from replay.report.metrics import format_summary
 from replay.run import choose_engine, execute, resume
@@ -369,7 +370,8 @@ def _default_out(trace: str, what: str) -> str:
 @server_options
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Go on with the interrupted run in this directory (its own config.yaml; no other options).")
-@click.option("--force", is_flag=True, help="Replace the run files already in --out.")
+@click.option("--force", is_flag=True, help="Replace the run files already in --out; with --resume, go on although "
+                                           "config.yaml or the trace changed since the run started.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly
@@ -390,7 +392,7 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
       replay run --resume runs/chat-sim-20261121-101500
     """
     if resume_dir is not None:
-        _resume_alone(ctx, ("resume_dir", "quiet"), "the run's own config.yaml")
+        _resume_alone(ctx, ("resume_dir", "quiet", "force"), "the run's own config.yaml (and --force)")
         out = resume_dir
     else:
         config, choices = choose_engine(_run_config(ctx, trace, config_file, online, options, None))
@@ -401,7 +403,7 @@ def run_cmd(ctx, trace, config_file, online, resume_dir, force, quiet, **options
         out = config.out
     try:
         if resume_dir is not None:
-            result = resume(resume_dir, progress=not quiet, say=click.echo)
+            result = resume(resume_dir, progress=not quiet, say=click.echo, force=force)
         else:
             result = execute(config, force=force, progress=not quiet, choices=choices, say=click.echo)
     except KeyboardInterrupt:
@@ -496,8 +498,7 @@ def plan_cmd(ctx, trace, target_text, max_replicas, config_file, online, **optio
         raise click.ClickException(f"{config.out} is not empty; choose another --out")
     result = plan_replicas(config, target, max_replicas)
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    (Path(config.out) / "plan.json").write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n",
-                                                 encoding="utf-8")
+    write_atomic(Path(config.out) / "plan.json", json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     click.echo(format_plan(result))
     click.echo(f"runs and plan.json in: {config.out}")
 
@@ -683,7 +684,7 @@ def _echo_short_report(result) -> None:
     written by now, so a failure here is reported on one line and never fails the run."""
     from replay.report.text import short_report
     try:
-        text = short_report(result)
+        text = short_report(result, reason_said=True)  # the summary just above says why energy is not measured
     except Exception as exc:  # noqa: BLE001 (the run's records are safe; say what went wrong and go on)
         text = (f"energy vs estimates: not shown: {type(exc).__name__}: {exc} (replay report "
                 f"{result.out or 'RUN_DIR'} for the full report)")

@@ -13,6 +13,7 @@ from typing import Any
 
 from replay.arrivals import OFFLINE, ONLINE, PROCESSES
 from replay.files import read_yaml
+from replay.server import ROUTERS
 
 __all__ = ["ENGINES", "METER_CHOICES", "RunConfig", "load_config"]
 
@@ -20,6 +21,16 @@ ENGINES = ("auto", "sim", "vllm", "server")
 METER_CHOICES = ("auto", "nvml", "rapl", "model", "none")
 RATE_SCALE_HOW = ("compress", "thin-dup")
 DEFAULT_GPU = "h100-sxm"  # the simulator's hardware, and a real engine's when NVML names none
+# Bounds of the arrival options a user gives: wide enough for any real replay (a trace 1,000 times slower or a
+# million times faster; from one request in 11 days to a million per second), narrow enough that the
+# arrival times stay ordinary floats (--speedup 1e-300 put every arrival at infinity) and thin-dup's copies
+# fit in memory (rate_scale).
+RANGES = {"speedup": (1e-3, 1e6), "rate_per_s": (1e-6, 1e6), "rate_scale": (1e-3, 1e3)}
+# The options that pick an arrival process, and the options each process uses (the others would be ignored)
+_ARRIVAL_OPTIONS = {"rate_per_s": "--rate", "cv": "--cv", "concurrency": "--concurrency",
+                    "batch_size": "--batch-size", "speedup": "--speedup"}
+_USES = {"timed": {"speedup"}, "poisson": {"rate_per_s"}, "gamma": {"rate_per_s", "cv"}, "closed": {"concurrency"},
+         "static": {"batch_size"}, "offline": set()}
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class RunConfig:
     request_timeout_s: float = 3600.0        # server: one request's whole stream, at most
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.engine not in ENGINES:
             raise ValueError(f"engine: unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
         if self.mode not in ("online", "offline"):
@@ -84,6 +96,8 @@ class RunConfig:
             if self.arrival not in family:
                 raise ValueError(f"arrival: {self.arrival!r} is not an {self.mode} process "
                                  f"({self.mode}: {', '.join(sorted(family))})")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router: expected one of {', '.join(ROUTERS)}, got {self.router!r}")
         if self.rate_scale_how not in RATE_SCALE_HOW:
             raise ValueError(f"rate_scale_how: expected one of {', '.join(RATE_SCALE_HOW)}, got {self.rate_scale_how!r}")
         for name in ("rate_per_s", "cv", "speedup", "rate_scale", "gpu_memory_utilization", "duration_s"):
@@ -134,6 +148,62 @@ class RunConfig:
                              "command's --host and --port)")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name}: expected a number from {low:g} to {high:,.0f}, got {value!r}")
+        self._check_arrival_options()
+
+    def _check_types(self) -> None:
+        """Every key's type, from its annotation, before any value is looked at: a YAML config's ``model: 123`` or
+        ``gpu: [a, b]`` is an error naming the key, not a TypeError deep in the run."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kinds = [k.strip() for k in str(f.type).split("|")]
+            if value is None and "None" in kinds:
+                continue
+            kind = kinds[0]
+            ok, expected = {
+                "str": (isinstance(value, str), "a string"),
+                "int": (isinstance(value, int) and not isinstance(value, bool), "an integer"),
+                "float": (isinstance(value, (int, float)) and not isinstance(value, bool), "a number"),
+                "bool": (isinstance(value, bool), "true or false"),
+                "list[str]": (isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"),
+            }[kind]
+            if not ok:
+                raise ValueError(f"key {f.name!r}: expected {expected}, got {value!r}")
+
+    def _check_arrival_options(self) -> None:
+        """An arrival option the chosen process would ignore is a contradiction (``--rate 5 --concurrency 8`` ran a
+        closed loop and dropped the rate without a word): one line saying which option to drop."""
+        name, chooser = self._arrival()
+        for key, option in _ARRIVAL_OPTIONS.items():
+            value = getattr(self, key)
+            if value is None or key in _USES[name] or (key == "speedup" and value == 1.0):
+                continue
+            given = f"{option} {value:g}"
+            if chooser is None and self.mode == "offline":
+                raise ValueError(f"arrival: {given} is ignored offline (every request at t = 0): drop {option}, "
+                                 "or run --online")
+            if chooser is None:  # online, nothing given that picks a process: only --batch-size gets here
+                raise ValueError(f"arrival: {given} is for offline static batches: drop {option}, or add --offline")
+            raise ValueError(f"arrival: {given} is ignored by the {name} arrival process that {chooser} chooses: "
+                             f"drop {option} or {chooser.split()[0]}")
+
+    def _arrival(self) -> tuple[str, str | None]:
+        """The arrival process this config runs, and the option (with its value) that chose it; None when the
+        mode alone did (offline, or timed online)."""
+        if self.arrival is not None:
+            return self.arrival, f"--arrival {self.arrival}"
+        if self.mode == "offline":
+            return ("static", f"--batch-size {self.batch_size}") if self.batch_size is not None else ("offline", None)
+        if self.concurrency is not None:
+            return "closed", f"--concurrency {self.concurrency}"
+        if self.cv is not None:
+            return "gamma", f"--cv {self.cv:g}"
+        if self.rate_per_s is not None:
+            return "poisson", f"--rate {self.rate_per_s:g}"
+        return "timed", None
 
     def resolve(self) -> "RunConfig":
         """Pick the arrival process from the mode and the options given, when not named; the simulated engine's
@@ -146,17 +216,7 @@ class RunConfig:
             return replace(self, gpu=DEFAULT_GPU).resolve()
         if self.arrival is not None:
             return self
-        if self.mode == "offline":
-            arrival = "static" if self.batch_size is not None else "offline"
-        elif self.concurrency is not None:
-            arrival = "closed"
-        elif self.cv is not None:
-            arrival = "gamma"
-        elif self.rate_per_s is not None:
-            arrival = "poisson"
-        else:
-            arrival = "timed"
-        return replace(self, arrival=arrival)
+        return replace(self, arrival=self._arrival()[0])
 
     def arrival_params(self) -> dict[str, Any]:
         """The parameters the chosen arrival process takes (rate_per_s may still need the trace's rate)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,7 +13,26 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["plain", "read_jsonl", "read_yaml"]
+__all__ = ["plain", "read_jsonl", "read_yaml", "write_atomic"]
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write a whole file so that it is either the old one or the new one, never a part: into a temporary file
+    beside it, flushed to disk, then renamed over it. A full disk (or any write error) leaves the old file, and
+    the error names the path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{path}: cannot write: {exc.strerror or exc}") from None
+    return path
 
 
 def read_yaml(path: str | Path) -> Any:

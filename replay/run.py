@@ -11,6 +11,7 @@ import bisect
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,8 @@ from replay.energy.meters import MODEL_LABEL, choose_meter, default_meters, gpus
 from replay.engines.sim.calibration import choose_calibration
 from replay.engines.sim.engine import SimEngine
 from replay.engines.sim.perf import PerfModel
-from replay.files import plain, read_jsonl
+from replay.files import plain, read_jsonl, write_atomic
+from replay.integrity import RunLock, check_fingerprint, fingerprint, trace_path
 from replay.report.bench import write_bench
 from replay.report.metrics import Energy, Summary, parse_slo, summarize
 from replay.server import Recorder, Router, ServerLoop, run_clock
@@ -227,7 +229,9 @@ def _next_after(env: simpy.Environment, times_s: np.ndarray):
     return next_arrival
 
 
-def _prepare_out(config: RunConfig, force: bool) -> Path | None:
+def _prepare_out(config: RunConfig, force: bool, held: ExitStack) -> Path | None:
+    """The run directory, made and locked (``held`` keeps the lock until the run ends); one holding another run
+    is refused unless ``force``, and then its files are removed."""
     if config.out is None:
         return None
     out = Path(config.out)
@@ -236,6 +240,7 @@ def _prepare_out(config: RunConfig, force: bool) -> Path | None:
         raise ValueError(f"{out} already holds a run ({', '.join(clash)}); choose another --out, or --force to "
                          "replace it")
     out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(RunLock(out, "run"))
     for name in clash:
         (out / name).unlink()
     return out
@@ -329,8 +334,15 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
     config, more = choose_engine(config)
     choices = [*choices, *more]
     config, workload, params = _resolve(config)
+    with ExitStack() as held:     # the run directory's lock, for the whole run
+        return _execute(config, workload, params, force, progress, hardware_boundary, choices, say, held)
+
+
+def _execute(config: RunConfig, workload: Workload, params: dict[str, Any], force: bool, progress: bool,
+             hardware_boundary: dict[str, Any] | None, choices: list[str], say: Callable[[str], None],
+             held: ExitStack) -> RunResult:
     if config.engine == "server":  # the run directory first: a launched server's log goes there
-        out = _prepare_out(config, force)
+        out = _prepare_out(config, force, held)
         if out is not None:
             (out / "server.log").unlink(missing_ok=True)  # a new run's server log starts empty (resume appends)
         engines = build_engines(config, out, say)
@@ -340,35 +352,87 @@ def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
         choices += more
     else:
         engines = build_engines(config)
-        out = _prepare_out(config, force)
+        out = _prepare_out(config, force, held)
     engine_info = _engine_info(config, engines[0])
-    if out is not None:
-        (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved_engine": engine_info,
-                                                         "choices": choices}, sort_keys=False), encoding="utf-8")
-    return _serve(config, workload, config.arrival, params, engines, out, engine_info, _environment(config, 0.0),
-                  None, pd.DataFrame(), pd.DataFrame(), progress, hardware_boundary or {}, choices)
+    try:
+        if out is not None:
+            options = yaml.safe_load(yaml.safe_dump(config.to_dict()))    # as resume will read them back
+            write_atomic(out / "config.yaml", yaml.safe_dump(
+                {**options, "resolved_engine": engine_info, "choices": choices,
+                 "fingerprint": fingerprint(options, config.trace)}, sort_keys=False))
+        return _serve(config, workload, config.arrival, params, engines, out, engine_info,
+                      _environment(config, 0.0), None, pd.DataFrame(), pd.DataFrame(), progress,
+                      hardware_boundary or {}, choices)
+    except Exception:
+        if out is not None:
+            _discard_unstarted(out)
+        raise
+
+
+def _discard_unstarted(out: Path) -> None:
+    """The files of a run that failed before it recorded anything (its meter not available here, the engine
+    failing at its first step): its config.yaml and empty record files would only make the next run with this
+    --out need --force, and there is nothing to resume. A run with a record keeps everything (--resume goes
+    on). Called with the directory still locked, so the files are this run's; the directory is removed when
+    nothing else is in it."""
+    records = [out / "steps.jsonl", out / "requests.jsonl"]
+    if any(p.exists() and p.stat().st_size > 0 for p in records):
+        return
+    for path in (out / "config.yaml", *records):
+        path.unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:  # not empty: the lock file, a launched server's log, the user's own files
+        pass
 
 
 def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], None] | None = None,
-           hardware_boundary: dict[str, Any] | None = None) -> RunResult:
+           hardware_boundary: dict[str, Any] | None = None, force: bool = False) -> RunResult:
     """Go on with an interrupted run: the requests its ``requests.jsonl`` holds are kept, the others are
     served from where its steps stop (the clock and the step numbering go on; what was in flight starts over).
 
     Open-loop arrivals keep their times (those already due arrive at once, their ``arrival_s`` unchanged, so
     their latency counts the interruption's lost work); closed loops and static batches go on with the
     requests left, in order.
+
+    The directory is locked for the resume (a second one at once is refused, naming the first). A config.yaml
+    or trace that changed since the run started is refused, naming what changed, unless ``force``.
     """
     out = Path(out_dir)
     if not (out / "config.yaml").exists():
         raise ValueError(f"{out}: no config.yaml: not a run directory")
-    if (out / "summary.json").exists():
-        raise ValueError(f"{out}: the run is complete (summary.json is there): nothing to resume")
-    data = load_config(out / "config.yaml")
-    data.pop("resolved_engine", None)
-    choices = data.pop("choices", None) or []
+    with RunLock(out, "resume"):
+        if (out / "summary.json").exists():
+            raise ValueError(f"{out}: the run is complete (summary.json is there): nothing to resume")
+        data = load_config(out / "config.yaml")
+        data.pop("resolved_engine", None)
+        choices = data.pop("choices", None) or []
+        kept = data.pop("fingerprint", None)
+        trace = trace_path(data.get("trace"), kept)
+        changes = check_fingerprint(out / "config.yaml", data, trace, kept)
+        if changes and not force:
+            raise ValueError(f"{out}: changed since the run started ({'; '.join(changes)}): resuming would mix two "
+                             f"configurations in one run; put it back, or go on anyway with --force")
+        for line in changes:
+            (say or (lambda _line: None))(f"resuming despite a change (--force): {line}")
+        data["trace"] = trace
+        return _resume(out, data, choices, progress, say, hardware_boundary)
+
+
+def _resume(out: Path, data: dict[str, Any], choices: list[str], progress: bool,
+            say: Callable[[str], None] | None, hardware_boundary: dict[str, Any] | None) -> RunResult:
     config, workload, params = _resolve(RunConfig.from_dict(data, where=str(out / "config.yaml")))
     old_requests = _read_records(out / "requests.jsonl")
     old_steps = _read_records(out / "steps.jsonl")
+    old_requests, dropped = _consistent(old_requests, old_steps)
+    if dropped:
+        _rewrite_jsonl(out / "requests.jsonl", old_requests)
+        if say is not None:
+            say(f"resuming {out}: {dropped:,} finished requests named steps that were never written (the run died "
+                f"between its two record files); they are dropped and served again")
+    if say is not None:
+        say(f"resuming {out}: {len(old_requests):,} finished requests and {len(old_steps):,} steps carried over, "
+            f"{len(workload) - len(old_requests):,} requests to serve")
     done = set(old_requests["id"].astype(str)) if len(old_requests) else set()
     ids = np.asarray(workload.table.column("id").to_pylist(), dtype=object)
     keep = np.array([i not in done for i in ids.tolist()], dtype=bool)
@@ -389,6 +453,22 @@ def resume(out_dir: str | Path, *, progress: bool = True, say: Callable[[str], N
     engine_info = _engine_info(config, engines[0])
     return _serve(config, rest, arrival, params, engines, out, engine_info, _environment(config, start_s), firsts,
                   old_requests, old_steps, progress, hardware_boundary or {}, choices)
+
+
+def _consistent(requests: pd.DataFrame, steps: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The request records whose steps (``token_steps``, ``prefill_steps``) are all in ``steps``, and how many
+    were not (a directory written before requests waited for their steps; a server run names no steps)."""
+    if not len(requests) or "token_steps" not in requests.columns or "replica" not in requests.columns:
+        return requests, 0
+    last = steps.groupby("replica")["step"].max().to_dict() if len(steps) else {}
+
+    def named_last(row) -> int:
+        ends = [a + n - 1 for a, n in (row.token_steps or [])] + [s for s, _ in (row.prefill_steps or [])]
+        return max(ends, default=-1)
+
+    ok = [named_last(r) <= last.get(r.replica, -1) for r in requests.itertuples()]
+    kept = requests[ok].reset_index(drop=True)
+    return kept, len(requests) - len(kept)
 
 
 def _last_finish_s(requests: pd.DataFrame) -> float:
@@ -427,6 +507,8 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
         from replay.engines.http import WallClock
         wall = WallClock(env)
     meter, choice = _meter(config, _meters(config, boundary, wall.now if wall else run_clock(env)))
+    if config.engine != "sim":  # the meter is known now: measured, or not (auto found none) and why
+        engine_info["energy"] = _energy_text(config, None if meter is not None else choice["reason"])
     idle = None
     if meter is not None and config.idle_s > 0:  # before the run, on its own (monotonic) clock
         idle = measure_idle(_meters(config, boundary, time.monotonic)[meter.name], config.idle_s)
@@ -470,6 +552,9 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
     if len(old_requests):
         requests = pd.concat([old_requests, requests], ignore_index=True)
     extra: dict[str, Any] = {"choices": choices, "meter": choice}
+    if first_steps is not None:     # a resume: what it carried over and what it served
+        extra["resumed"] = {"requests_carried_over": int(len(old_requests)), "steps_carried_over": int(len(old_steps)),
+                            "requests_served_now": int(len(workload))}
     checked = [e for e in engines if hasattr(e, "mismatches")]
     if checked:  # the in-process adapter's cross-check of vLLM's scheduler against its outputs, every step
         found = [m for e in checked for m in e.mismatches]
@@ -514,7 +599,7 @@ def _serve(config: RunConfig, workload: Workload, arrival: str, params: dict[str
                               "steps_per_s": len(steps) / wall_s if wall_s > 0 else None,
                               "requests_per_s": len(requests) / wall_s if wall_s > 0 else None}}
         write_bench(out / "bench.json", summary, requests, config, engine_info, steps)
-        (out / "summary.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        write_atomic(out / "summary.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return RunResult(config, out, summary, requests, steps, energy, engine_info, wall_s)
 
 
@@ -682,10 +767,8 @@ def _rewrite_requests(out: Path, requests: pd.DataFrame) -> None:
 
 def _rewrite_jsonl(path: Path, frame: pd.DataFrame) -> None:
     """A records file written whole from ``frame`` (atomic; NaN as null)."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text("".join(json.dumps(plain(r), allow_nan=False, separators=(",", ":")) + "\n"
-                           for r in frame.to_dict("records")), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(plain(r), allow_nan=False, separators=(",", ":")) + "\n"
+                               for r in frame.to_dict("records")))
 
 
 def _modelled_energy(steps: pd.DataFrame, engines: list[SimEngine], makespan_s: float) -> Energy:
@@ -705,9 +788,9 @@ def _engine_info(config: RunConfig, engine) -> dict[str, Any]:
         # 'cpu' hardware entry, as for the in-process CPU build); elsewhere --gpu names the hardware
         cpu = {"platform": "cpu"} if _server_here(config) and not _has_nvidia_gpu() else {}
         return {**engine.info(), **cpu, "replicas": config.replicas if not config.targets else len(config.targets),
-                "energy": "measured by the meter on the server's GPUs; steps reconstructed from token times"}
+                "energy": _energy_text(config, chosen=False)}
     if config.engine == "vllm":
-        return {**engine.info(), "tp": config.tp, "gpus": config.tp, "energy": "measured by the meter"}
+        return {**engine.info(), "tp": config.tp, "gpus": config.tp, "energy": _energy_text(config, chosen=False)}
     b = engine.budget
     return {
         "engine": "sim", "model": engine.model.key, "gpu": engine.hardware.key, "tp": config.tp,
@@ -722,6 +805,21 @@ def _engine_info(config: RunConfig, engine) -> dict[str, Any]:
         "calibration": engine.calibration.to_dict() if engine.calibration else None,
         "energy": "modelled",
     }
+
+
+def _energy_text(config: RunConfig, not_measured: str | None = None, chosen: bool = True) -> str:
+    """How a real engine's (or a server's) energy is had, for the engine info in config.yaml and summary.json:
+    measured by the meter, or not measured and why (``not_measured``: the meter choice's reason; --meter none
+    is known from the options). ``chosen``: False before the run, when --meter auto has not picked yet."""
+    if not_measured is None and config.meter == "none":
+        not_measured = "--meter none"
+    if not_measured is not None:
+        text = f"not measured: {not_measured.removeprefix('not measured: ')}"
+    elif config.meter == "auto" and not chosen:
+        text = "measured by the meter --meter auto picks, where there is one (summary.json: meter)"
+    else:
+        text = "measured by the meter" + (" on the server's GPUs" if config.engine == "server" else "")
+    return text + ("; steps reconstructed from token times" if config.engine == "server" else "")
 
 
 def _progress_bar(total: int, enabled: bool):

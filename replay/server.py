@@ -129,7 +129,11 @@ class _StepTable:
 class Recorder:
     """Collects step and request records; with a directory, appends them to ``steps.jsonl`` and
     ``requests.jsonl`` as they come (flushed at least every ``flush_s`` seconds of wall time and at close), so
-    an interrupted run keeps what it finished."""
+    an interrupted run keeps what it finished.
+
+    Request lines reach the disk only after the steps they point at: they wait in memory until the steps file
+    has been flushed, so a run killed at any moment (SIGKILL included) never leaves a request naming a step that
+    was not written. A write that fails (a full disk) raises OSError naming the file."""
 
     def __init__(self, out_dir: str | Path | None = None, flush_s: float = 1.0):
         self._rows: list[tuple] = []         # single steps not yet in the table
@@ -138,6 +142,8 @@ class Recorder:
         self.flush_s = flush_s
         self._files: list[IO[str]] = []
         self._steps_file = self._requests_file = None
+        self._pending: list[str] = []        # request lines not yet written: they go after the steps they name
+        self._pending_bytes = 0
         if out_dir is not None:
             out = Path(out_dir)
             self._steps_file = open(out / "steps.jsonl", "a", encoding="utf-8", buffering=1 << 20)
@@ -152,8 +158,7 @@ class Recorder:
         if len(self._rows) >= PACK_ROWS:
             self._pack()
         if self._steps_file is not None:
-            self._steps_file.write(self._step_line.format(*map(_json_number, row)))
-            self._maybe_flush()
+            self._steps_write(self._step_line.format(*map(_json_number, row)))
 
     def steps_block(self, columns: list) -> None:
         """Many steps at once: per STEP_FIELDS column either one value for all of them or a numpy array (floats
@@ -170,8 +175,7 @@ class Recorder:
                 else:
                     parts.append(f'"{name}":{_json_number(values)}')
             fmt = ("{{" + ",".join(parts) + "}}\n").format  # str() of a finite float is its repr: valid JSON
-            self._steps_file.write("".join(fmt(*row) for row in zip(*varying)))
-            self._maybe_flush()
+            self._steps_write("".join(fmt(*row) for row in zip(*varying)))
 
     def _pack(self) -> None:
         if self._rows:
@@ -189,21 +193,57 @@ class Recorder:
     def request(self, record: dict[str, Any]) -> None:
         self.requests.append(record)
         if self._requests_file is not None:
-            self._requests_file.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
-            self._maybe_flush()
+            line = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
+            self._pending.append(line)
+            self._pending_bytes += len(line)
+            if self._pending_bytes >= 1 << 20:
+                self._flush()
+            else:
+                self._maybe_flush()
+
+    def _steps_write(self, text: str) -> None:
+        try:
+            self._steps_file.write(text)       # the buffer may go to disk here: a full disk names the file
+        except OSError as exc:
+            raise OSError(exc.errno, f"{self._steps_file.name}: cannot write: {exc.strerror or exc}") from None
+        self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_flush:
-            self._next_flush = now + self.flush_s
-            for f in self._files:
-                f.flush()
+        if time.monotonic() >= self._next_flush:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The steps to disk, then the requests waiting for them."""
+        self._next_flush = time.monotonic() + self.flush_s
+        if self._steps_file is None:
+            return
+        _written(self._steps_file, None)
+        _written(self._requests_file, "".join(self._pending))
+        self._pending, self._pending_bytes = [], 0
 
     def close(self) -> None:
-        for f in self._files:
-            f.close()
-        self._files = []
-        self._steps_file = self._requests_file = None
+        try:
+            if self._steps_file is not None:
+                self._flush()
+        finally:
+            for f in self._files:
+                try:
+                    f.close()
+                except OSError:
+                    pass            # the flush above said what failed; a second error would hide it
+            self._files = []
+            self._steps_file = self._requests_file = None
+
+
+def _written(f: IO[str], text: str | None) -> None:
+    """Write ``text`` (if any) and flush ``f``; a failure (a full disk) is an OSError naming the file."""
+    try:
+        if text:
+            f.write(text)
+        f.flush()
+    except OSError as exc:
+        raise OSError(exc.errno, f"{f.name}: cannot write: {exc.strerror or exc} (the records written so far are "
+                                 f"kept; free space, then go on with replay run --resume)") from None
 
 
 def _json_number(value: Any) -> str:
@@ -370,9 +410,9 @@ class ServerLoop:
                 records[rid].first_token_s = end_s
             for rid, cached in zip(step.admitted, step.admitted_cached):
                 r = records[rid]
-                if r.admitted_s is None:
-                    r.admitted_s = start_s
-                r.cached_tokens += cached
+                if r.admitted_s is None:        # the first admission's hits: a re-admission after a
+                    r.admitted_s = start_s      # preemption finds the request's own blocks, not a shared prefix
+                    r.cached_tokens = cached
             for rid in step.preempted:
                 records[rid].preemptions += 1
             record_step((replica, k, start_s, end_s, end_s - start_s, shape.prefill_tokens, shape.decode_tokens,

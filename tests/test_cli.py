@@ -468,3 +468,97 @@ def test_an_engine_cross_check_mismatch_is_said_after_the_summary(tmp_path):
     assert _engine_check(tmp_path) is None
     (tmp_path / "summary.json").write_text(json.dumps({}))
     assert _engine_check(tmp_path) is None and _engine_check(None) is None
+
+
+# --- issue 12: wrong types, contradictory or out-of-range arrival options, the not-measured reason once ----------
+
+@pytest.mark.parametrize("line, message", [
+    ("model: 123", "key 'model': expected a string, got 123"),
+    ("gpu: [h100-sxm, h200]", "key 'gpu': expected a string, got ['h100-sxm', 'h200']"),
+    ("slo: 5", "key 'slo': expected a string, got 5"),
+    ("arrival: [timed]", "key 'arrival': expected a string, got ['timed']"),
+    ("tp: 2.0", "key 'tp': expected an integer, got 2.0"),
+    ("seed: true", "key 'seed': expected an integer, got True"),
+    ("speedup: fast", "key 'speedup': expected a number, got 'fast'"),
+    ("targets: [8000]", "key 'targets': expected a list of strings, got [8000]"),
+    ("router: random", "router: expected one of round-robin, least-outstanding, got 'random'"),
+])
+def test_a_config_files_wrong_types_name_the_key(tmp_path, line, message):
+    """Issue 12 item 8: a wrong type in a run config is one line naming the file and the key (it was a Python
+    TypeError, or a run directory left behind), and nothing is written under --out."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"trace: {TRACES / 'chat.jsonl'}\nlimit: 5\n{line}\n")
+    out = tmp_path / "run"
+    assert_one_error_line(run("run", "--config", cfg, "--out", out, "--quiet"), f"Error: {cfg}: {message}")
+    assert not out.exists()
+
+
+def test_an_unreadable_trace_leaves_no_run_directory(tmp_path):
+    """Issue 12 item 8: a trace that cannot be read stops the run before its directory exists."""
+    trace = tmp_path / "broken.jsonl"
+    trace.write_text("this is not a trace\n")
+    out = tmp_path / "run"
+    assert_one_error_line(run("run", trace, "--out", out, "--quiet"), "broken.jsonl")
+    assert not out.exists()
+
+
+def test_a_run_that_fails_before_recording_needs_no_force_the_next_time(tmp_path, monkeypatch):
+    """Issue 12 item 8: a run whose meter is not available (faked: the meter choice raises, as --meter nvml does
+    on a machine without NVML) left config.yaml and empty record files, so the corrected rerun needed --force."""
+    import replay.run as run_module
+
+    def no_meter(*args, **kwargs):
+        raise ValueError("--meter nvml: not available here: NVML could not start")
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "_meter", no_meter)
+        assert_one_error_line(run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", out, "--quiet"),
+                              "--meter nvml: not available here")
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
+    result = run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", out, "--quiet")  # no --force
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rate", 5, "--concurrency", 4],
+     "--rate 5 is ignored by the closed arrival process that --concurrency 4 chooses: drop --rate or --concurrency"),
+    (["--cv", 2, "--concurrency", 4], "--cv 2 is ignored by the closed arrival process"),
+    (["--speedup", 2, "--rate", 4], "--speedup 2 is ignored by the poisson arrival process that --rate 4 chooses"),
+    (["--arrival", "poisson", "--rate", 2, "--concurrency", 3],
+     "--concurrency 3 is ignored by the poisson arrival process that --arrival poisson chooses: drop --concurrency"),
+    (["--arrival", "timed", "--rate", 2], "--rate 2 is ignored by the timed arrival process"),
+    (["--offline", "--rate", 3], "--rate 3 is ignored offline (every request at t = 0): drop --rate, or run --online"),
+    (["--offline", "--batch-size", 4, "--speedup", 3], "--speedup 3 is ignored by the static arrival process"),
+    (["--batch-size", 8], "--batch-size 8 is for offline static batches: drop --batch-size, or add --offline"),
+    (["--speedup", "1e-300"], "speedup: expected a number from 0.001 to 1,000,000, got 1e-300"),
+    (["--speedup", "1e7"], "speedup: expected a number from 0.001 to 1,000,000"),
+    (["--rate", "1e9"], "rate_per_s: expected a number from 1e-06 to 1,000,000, got 1000000000.0"),
+    (["--rate", "1e-9"], "rate_per_s: expected a number from 1e-06 to 1,000,000"),
+    (["--rate-scale", "1e-5"], "rate_scale: expected a number from 0.001 to 1,000, got 1e-05"),
+    (["--rate-scale", "1e6"], "rate_scale: expected a number from 0.001 to 1,000"),
+])
+def test_contradictory_or_out_of_range_arrival_options_are_one_line(tmp_path, args, message):
+    """Issue 12 item 12: `--rate X --concurrency N` ran a closed loop and dropped the rate silently; an option
+    the chosen arrival process ignores is now one line saying which to drop. `--speedup 1e-300` was accepted;
+    speedup, rate and rate scale have bounds, said in the line."""
+    out = tmp_path / "run"
+    assert_one_error_line(run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", out, "--quiet", *args), message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["--speedup", "0.001"], ["--speedup", "1e6"], ["--rate", 5, "--cv", 2],
+                                  ["--concurrency", 4], ["--offline", "--batch-size", 4], ["--rate-scale", 1000]])
+def test_arrival_options_that_agree_and_bounds_are_accepted(tmp_path, args):
+    result = run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", tmp_path / "run", "--quiet", *args)
+    assert result.exit_code == 0, result.output
+
+
+def test_why_energy_is_not_measured_is_said_once(tmp_path):
+    """Issue 12 item 15: the end of a run printed the not-measured reason twice (the summary's energy line, then
+    the short report's); the short report now points up to it."""
+    result = run("run", TRACES / "chat.jsonl", "--limit", 5, "--out", tmp_path / "run", "--quiet", "--meter", "none")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("--meter none:") == 1, result.output
+    assert "energy            not measured: --meter none: " in result.output
+    assert "energy vs estimates: not measured (why: above)" in result.output

@@ -14,16 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import DATA, TRACES, interrupt_after
+from test_server import check_records, runs_to_steps
+
 from replay.arrivals import UNTIMED_MESSAGE
 from replay.config import RunConfig
 from replay.engines.sim.engine import NON_TORCH_BYTES, SimEngine, kv_budget
+from replay.integrity import LOCK_FILE
+from replay.report.metrics import format_summary
 from replay.run import RUN_FILES, RunResult, execute, resume
 from replay.specs import hardware, model
 from replay.trace import read_trace
 from replay.trace.schema import Request
-from test_server import check_records, runs_to_steps
 
 CHAT, CODE = str(TRACES / "chat.jsonl"), str(TRACES / "code.jsonl")
 LLAMA, H100 = model("llama-3.1-8b"), hardware("h100-sxm")
@@ -213,7 +215,7 @@ def test_offline_everything_at_zero_and_the_queue_drains():
 def test_run_directory_holds_the_results(tmp_path):
     out = tmp_path / "run"
     result = execute(RunConfig(trace=CHAT, limit=120, kv_blocks=500, out=str(out)), progress=False)
-    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RUN_FILES, LOCK_FILE])   # .lock: see integrity.py
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["trace"] == CHAT and config["arrival"] == "timed" and config["limit"] == 120
     assert config["resolved_engine"]["kv_blocks"] == 500 == result.engine["kv_blocks"]
@@ -312,10 +314,11 @@ def test_mooncake_with_prefix_caching_hits(source, request):
     on = run(str(path), limit=200, prefix_caching=True)
     off = run(str(path), limit=200, prefix_caching=False)
     fin = on.requests[on.requests["status"] == "finished"]
-    assert (fin["cached_tokens"] > 0).sum() >= 10
+    # hits at each request's first admission (a re-admission's own blocks are not hits: issue 12, item 13); at
+    # this load most shared prefixes are still being computed when the next request comes
+    assert (fin["cached_tokens"] > 0).sum() >= 3
     assert (off.requests["cached_tokens"] == 0).all()
-    # never the whole prompt on any admission, so never more than the prompt per admission in total
-    assert (fin["cached_tokens"] < fin["input_tokens"] * (fin["preemptions"] + 1)).all()
+    assert (fin["cached_tokens"] < fin["input_tokens"]).all()       # never the whole prompt
     assert on.steps["prefill_tokens"].sum() < off.steps["prefill_tokens"].sum()
 
 
@@ -440,8 +443,11 @@ def test_gpu_not_given_is_the_one_nvml_names_here(monkeypatch):
     """--gpu not given: a real engine takes the hardware NVML names (NVML faked at the module boundary: this
     machine has no GPU); an unknown name falls back to the default and says so; a given --gpu is kept."""
     import sys
+
     from energy.energy_fakes import FakeNvml
-    from replay.run import _choose_gpu as choose, _nvidia_gpu_name
+
+    from replay.run import _choose_gpu as choose
+    from replay.run import _nvidia_gpu_name
 
     def _choose_gpu(config, here):
         return choose(config, here, _nvidia_gpu_name() if here else None)
@@ -464,5 +470,111 @@ def test_gpu_not_given_is_the_one_nvml_names_here(monkeypatch):
 
 def test_the_simulator_keeps_its_default_gpu():
     assert RunConfig(trace=str(TRACES / "chat.jsonl")).resolve().gpu == "h100-sxm"
-    with pytest.raises(ValueError, match="gpu: expected a hardware name"):
+    with pytest.raises(ValueError, match="key 'gpu': expected a string, got 7"):  # the type first (issue 12)
         RunConfig(trace=str(TRACES / "chat.jsonl"), gpu=7)
+    with pytest.raises(ValueError, match="gpu: expected a hardware name"):
+        RunConfig(trace=str(TRACES / "chat.jsonl"), gpu="")
+
+
+# --- issue 12: failures before the first record, the engine info's energy --------------------------------------
+
+def test_a_run_that_fails_before_its_first_record_leaves_nothing_that_needs_force(tmp_path, monkeypatch):
+    """Issue 12 item 8: a run that fails after its directory is made but before any record (its meter not
+    available here, the engine failing at its first step) takes back its config.yaml and empty record files, so
+    the same command again needs no --force; one that failed after recording keeps everything (--resume)."""
+    import replay.run as run_module
+    out = tmp_path / "run"
+    config = RunConfig(trace=CHAT, limit=10, out=str(out))
+
+    def no_meter(*args, **kwargs):
+        raise ValueError("--meter nvml: not available here: NVML could not start")
+
+    original_step = SimEngine.step
+
+    def first_step_fails(self, horizon_s=float("inf")):
+        raise RuntimeError("CUDA error: out of memory")
+
+    for patch, error in ((("_meter", no_meter, run_module), ValueError), (("step", first_step_fails, SimEngine),
+                                                                        RuntimeError)):
+        name, fake, where = patch
+        with monkeypatch.context() as m:
+            m.setattr(where, name, fake)
+            with pytest.raises(error):
+                execute(config, progress=False)
+        assert not out.exists() or not ({p.name for p in out.iterdir()} - {LOCK_FILE}), sorted(out.iterdir())
+        assert execute(config, progress=False).summary.finished == 10  # the same run again: no --force
+        assert sorted(p.name for p in out.iterdir()) == sorted([*RUN_FILES, LOCK_FILE])
+        for name in RUN_FILES:
+            (out / name).unlink()
+    calls = {"n": 0}
+
+    def later_step_fails(self, horizon_s=float("inf")):
+        calls["n"] += 1
+        if calls["n"] > 200:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return original_step(self, horizon_s)
+
+    monkeypatch.setattr(SimEngine, "step", later_step_fails)
+    with pytest.raises(RuntimeError):
+        execute(RunConfig(trace=CHAT, limit=100, out=str(out)), progress=False)
+    assert (out / "config.yaml").exists() and (out / "requests.jsonl").read_text()  # kept for --resume
+
+
+def test_the_engine_info_says_whether_a_real_run_is_measured(tmp_path, monkeypatch):
+    """Issue 12 item 15: summary.json's engine "energy" said "measured by the meter" for a real-engine run that
+    was not measured (--meter none, or --meter auto finding no meter); it now says not measured and why. The
+    real engine is stood in for by the simulated one under the real engine's wall clock (no vLLM started), and
+    the machine's meters by an NVML that cannot start and an empty RAPL tree."""
+    from energy.energy_fakes import FakeNvml, NVMLError
+
+    import replay.run as run_module
+
+    build = run_module.build_engines
+
+    def sim_as_vllm(config, *args, **kwargs):
+        if config.engine != "vllm":
+            return build(config, *args, **kwargs)
+        engine = build(replace(config, engine="sim", block_size=None, gpu_memory_utilization=None).resolve())[0]
+        engine.info = lambda: {"engine": "vllm", "model": config.model}
+        return [engine]
+
+    monkeypatch.setattr(run_module, "build_engines", sim_as_vllm)
+    monkeypatch.setattr(run_module, "_has_nvidia_gpu", lambda: False)
+    boundary = {"nvml": FakeNvml(init_error=NVMLError("no driver")), "rapl_root": str(tmp_path / "no-rapl")}
+    for meter, why in (("none", "not measured: --meter none"), ("auto", "not measured: no meter is available")):
+        out = tmp_path / meter
+        result = execute(RunConfig(trace=CODE, engine="vllm", model="tiny-llama", gpu="h100-sxm", mode="offline",
+                                   limit=2, meter=meter, idle_s=0.0, out=str(out)),
+                         progress=False, hardware_boundary=boundary)
+        assert result.energy.total_j is None
+        energy = json.loads((out / "summary.json").read_text())["engine"]["energy"]
+        assert energy.startswith(why) and energy == result.engine["energy"], energy
+        assert "measured by" not in yaml.safe_load((out / "config.yaml").read_text())["resolved_engine"]["energy"] \
+            or meter == "auto"  # before the run, auto has not picked: config.yaml says it picks (summary.json: meter)
+    info = run_module._engine_info(RunConfig(trace=CODE, engine="vllm", meter="rapl", gpu="h100-sxm"),
+                                   type("Engine", (), {"info": lambda self: {}})())
+    assert info["energy"] == "measured by the meter"
+
+
+def test_prefix_cache_hits_count_once_per_request_and_never_beat_an_unlimited_cache():
+    """Issue 12, item 13: after a preemption a request found its own blocks again and counted them as hits (68%
+    reported on Mooncake where an unlimited cache gives 37%, cached_tokens up to 5x the prompt). A small KV cache
+    forces preemptions; the hit rate is in the summary, at most the ideal one computed here from the hash ids."""
+    path = DATA / "mooncake_head.jsonl"
+    result = run(str(path), limit=200, prefix_caching=True, kv_blocks=6000, block_size=16)
+    fin = result.requests[result.requests["status"] == "finished"]
+    assert result.summary.preemptions > 0
+    assert (fin["cached_tokens"] <= fin["input_tokens"]).all()
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:200]]
+    seen, ideal = set(), {}
+    for i, r in enumerate(rows):               # leading 512-token blocks some earlier request already had
+        k = 0
+        while k < len(r["hash_ids"]) and r["hash_ids"][k] in seen:
+            k += 1
+        ideal[str(i)] = min(k * 512, r["input_length"])
+        seen.update(r["hash_ids"])
+    ideal_rate = sum(ideal[i] for i in fin["id"]) / fin["input_tokens"].sum()
+    rate = result.summary.prefix_cache_hit_rate
+    assert rate is not None and 0 < rate <= ideal_rate + 1e-9
+    assert json.loads(json.dumps(result.summary.to_dict()))["prefix_cache_hit_rate"] == rate
+    assert f"prefix cache hits {rate:.1%} of prompt tokens" in format_summary(result.summary)

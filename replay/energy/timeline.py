@@ -25,6 +25,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from replay.files import write_atomic
+
 __all__ = ["EnergyTimeline"]
 
 _CUM, _W = "_cumulative_j", "_w"
@@ -172,8 +174,7 @@ class EnergyTimeline:
     def to_csv(self, path: str | Path) -> Path:
         """Write ``power.csv`` (see the module docstring); floats written exactly (repr round-trips)."""
         path = Path(path)
-        self.frame().to_csv(path, index=False, float_format="%.17g")
-        return path
+        return write_atomic(path, self.frame().to_csv(index=False, float_format="%.17g"))
 
     @classmethod
     def from_csv(cls, path: str | Path, label: str = "") -> EnergyTimeline:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from replay.files import plain, read_yaml
+from replay.files import plain, read_yaml, write_atomic
 
 __all__ = [
     "FORMS", "FORM_TERMS", "FORM_TITLES", "PRESETS", "HeldOut", "Theta", "features", "fit", "kfold",
@@ -309,7 +309,7 @@ def save_theta(theta: Theta, path) -> None:
     """Write ``theta`` as YAML (coefficients by name th0.., the terms they multiply, provenance, fit statistics)."""
     text = f"# E_tok (J/output token) = sum of th_j * term_j; {FORM_TITLES[theta.form]}\n"
     text += yaml.safe_dump(_theta_dict(theta), sort_keys=False, default_flow_style=False)
-    Path(path).write_text(text, encoding="utf-8")
+    write_atomic(path, text)
 
 
 def load_theta(path) -> Theta:

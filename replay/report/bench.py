@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replay.files import plain
+from replay.files import plain, write_atomic
 from replay.report.metrics import client_itls_s, pooled_itl_s
 
 __all__ = ["bench_result", "write_bench"]
@@ -105,6 +105,4 @@ def write_bench(path: Path, summary: Any, requests: pd.DataFrame, config: Any, e
                 steps: pd.DataFrame | None = None) -> None:
     """``bench.json`` (atomic)."""
     doc = plain(bench_result(summary, requests, steps if steps is not None else pd.DataFrame(), config, engine))
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n")

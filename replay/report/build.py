@@ -17,7 +17,7 @@ import pandas as pd
 
 from replay.estimate.estimators import Estimate, EstimateContext
 from replay.estimate.forms import Theta, load_theta
-from replay.files import plain
+from replay.files import plain, write_atomic
 from replay.report.breakdown import EnergyBreakdown, energy_breakdown
 from replay.report.compare import Comparison, compare
 from replay.report.estimates import Assumed, parse_estimators, run_context, run_estimates
@@ -122,14 +122,14 @@ def write_report(report: Report, out: str | Path, html: bool = False) -> Written
     doc = report.to_dict()
     doc["plots"] = [p.to_dict() for p in plots]
     json_path = out / "report.json"
-    json_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_atomic(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     csv_path = out / "comparison.csv"
-    report.comparison.requests.to_csv(csv_path, index=False)
+    write_atomic(csv_path, report.comparison.requests.to_csv(index=False))
     files = [json_path, csv_path, *[p.path for p in plots if p.path is not None]]
     html_path = None
     if html:
         from replay.report.html import render_html
         html_path = out / "report.html"
-        html_path.write_text(render_html(report, plots), encoding="utf-8")
+        write_atomic(html_path, render_html(report, plots))
         files.append(html_path)
     return Written(out, json_path, csv_path, tuple(plots), html_path, tuple(files))

@@ -194,6 +194,9 @@ class Summary:
     failed: int = 0
     failures: tuple[tuple[str, int], ...] = ()
     steps_source: str = "recorded"      # or "reconstructed from token times" (a server run: steps not visible)
+    # finished requests' prompt tokens served from the prefix cache (each request's first admission) over all their
+    # prompt tokens; None where none was (caching off, or no hit)
+    prefix_cache_hit_rate: float | None = None
 
     def to_dict(self) -> dict:
         """A flat dict of plain ints, floats, str and None (no numpy types, no NaN), ready for
@@ -493,7 +496,18 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, energy: Energy, slo: 
         mean_decode_tokens_per_step=step_mean("decode_tokens"),
         peak_kv_use_fraction=float(kv.max()) if kv.size else None,
         **_lag(requests),
+        prefix_cache_hit_rate=_hit_rate(requests, status),
     )
+
+
+def _hit_rate(requests: pd.DataFrame, status: np.ndarray) -> float | None:
+    """Cached prompt tokens over prompt tokens of the finished requests; None when no token came from a cache."""
+    if "cached_tokens" not in requests.columns or not len(requests):
+        return None
+    done = status == "finished"
+    cached = pd.to_numeric(requests["cached_tokens"], errors="coerce").fillna(0).to_numpy()[done]
+    prompt = pd.to_numeric(requests["input_tokens"], errors="coerce").fillna(0).to_numpy()[done]
+    return float(cached.sum() / prompt.sum()) if cached.sum() > 0 and prompt.sum() > 0 else None
 
 
 def _lag(requests: pd.DataFrame) -> dict[str, float | None]:
@@ -539,13 +553,15 @@ def format_summary(s: Summary) -> str:
     if s.finished == 0:
         lines.append(f"{'latency':<{w}}no finished requests")
     else:
-        lines.append(f"{'latency (ms)':<{w}}" + "".join(f"{h:>11}" for h in ("mean", "median", "p90", "p99")))
         names = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2el": "E2E", "queue": "queue"}
-        for key, label in names.items():
-            d: Dist = getattr(s, key)
-            vals = (d.mean_s, d.median_s, d.p90_s, d.p99_s)
-            lines.append(f"  {label:<{w - 2}}" + "".join(
-                f"{_num(None if v is None else v * 1000, ',.2f'):>11}" for v in vals))
+        cells = {label: [_num(None if v is None else v * 1000, ",.2f") for v in
+                         (getattr(s, key).mean_s, getattr(s, key).median_s, getattr(s, key).p90_s,
+                          getattr(s, key).p99_s)] for key, label in names.items()}
+        # 11 wide, or wider for the longest number (1,000 s and more is 1,000,000.00 ms) so columns stay apart
+        col = max(11, 2 + max(len(c) for row in cells.values() for c in row))
+        lines.append(f"{'latency (ms)':<{w}}" + "".join(f"{h:>{col}}" for h in ("mean", "median", "p90", "p99")))
+        for label, row in cells.items():
+            lines.append(f"  {label:<{w - 2}}" + "".join(f"{c:>{col}}" for c in row))
     if s.energy_source is None:
         lines.append(f"{'energy':<{w}}not measured: {s.energy_not_measured_reason}")
     else:
@@ -568,5 +584,7 @@ def format_summary(s: Summary) -> str:
     lines.append(f"{'steps':<{w}}{s.steps:,}" + ("" if s.steps_source == "recorded" else f" {s.steps_source}")
                  + f"; mean batch {_num(s.mean_batch_seqs, ',.2f', ' seqs')}; "
                  f"{_num(s.mean_prefill_tokens_per_step, ',.1f')} prefill + "
-                 f"{_num(s.mean_decode_tokens_per_step, ',.1f')} decode tokens/step; peak KV {kv}")
+                 f"{_num(s.mean_decode_tokens_per_step, ',.1f')} decode tokens/step; peak KV {kv}"
+                 + ("" if s.prefix_cache_hit_rate is None else
+                    f"; prefix cache hits {s.prefix_cache_hit_rate:.1%} of prompt tokens"))
     return "\n".join(lines)

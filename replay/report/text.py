@@ -208,10 +208,12 @@ def format_report(report: Report, written: Written | None = None) -> str:
     return "\n\n".join(blocks)
 
 
-def short_report(run: Any) -> str:
+def short_report(run: Any, reason_said: bool = False) -> str:
     """A few lines for the end of ``replay run``: each default estimator's total beside the run's measured (or
     modelled) energy of the same requests, with the gap and MAPE; or "not measured: why" and the estimates.
-    ``run``: a run directory or a ``replay.run.RunResult``. Cheap: no plots, nothing written."""
+    ``run``: a run directory or a ``replay.run.RunResult``. ``reason_said``: the caller has just printed why the
+    energy is not measured (``replay run``'s summary does), so it is not said twice. Cheap: no plots, nothing
+    written."""
     r = build_report(run)
     c = r.comparison
     word = c.label
@@ -219,7 +221,8 @@ def short_report(run: Any) -> str:
     assume = f"estimates for {a.model} on {a.hardware}" + (" (vLLM's CPU build: hardware.yaml's rough 'cpu' entry)"
                                                           if a.hardware == "cpu" else "")
     if c.kind is None:
-        lines = [f"energy vs estimates: not measured: {c.reason}", f"  {assume}, {_n(len(c.requests), 'finished request')}:"]
+        lines = ["energy vs estimates: not measured" + (" (why: above)" if reason_said else f": {c.reason}"),
+                 f"  {assume}, {_n(len(c.requests), 'finished request')}:"]
         rows = [[t.estimator, "not estimable" if t.estimated_j is None else f"{_j(t.estimated_j)} J",
                  t.reason or ""] for t in c.totals]
     else:

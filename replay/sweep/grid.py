@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from replay.config import RunConfig
-from replay.files import read_yaml
+from replay.files import read_yaml, write_atomic
 
 __all__ = ["DONE", "FAILED", "INTERRUPTED", "LENGTH_AXES", "PENDING", "SS26_LENGTHS", "SYNTHETIC", "Axis", "Point",
            "SweepSpec", "grid_keys", "load_sweep", "make_sweep", "parse_axis", "point_state"]
@@ -292,9 +292,7 @@ def save_or_check(spec: SweepSpec) -> None:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no {SPEC_FILE}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.part")
-    tmp.write_text(yaml.safe_dump(wanted, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(wanted, sort_keys=False))
 
 
 def _difference(old: dict, new: dict) -> str:

@@ -24,9 +24,20 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from replay.config import RunConfig
+from replay.files import write_atomic
 from replay.run import choose_engine, execute, resume
-from replay.sweep.grid import (DONE, ERROR_FILE, FAILED, INTERRUPTED, POINT_TRACE, Point, SweepSpec, load_sweep,
-                               point_state, save_or_check)
+from replay.sweep.grid import (
+    DONE,
+    ERROR_FILE,
+    FAILED,
+    INTERRUPTED,
+    POINT_TRACE,
+    Point,
+    SweepSpec,
+    load_sweep,
+    point_state,
+    save_or_check,
+)
 from replay.sweep.table import RESULTS_FILE, results_table
 from replay.trace.synth import LengthDist, synthesize
 from replay.trace.writers import write_trace
@@ -88,7 +99,7 @@ def attempt(config: dict[str, Any], lengths: tuple[int, int, int] | None) -> tup
 def record_failure(out: Path, message: str, trace: str) -> None:
     """Mark a point failed: its error.txt holds the message, a blank line, then the traceback."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / ERROR_FILE).write_text(f"{message}\n\n{trace}", encoding="utf-8")
+    write_atomic(out / ERROR_FILE, f"{message}\n\n{trace}")
 
 
 def _in_fresh_process(config: dict[str, Any], lengths: tuple[int, int, int] | None) -> tuple[str | None, float]:
@@ -167,6 +178,4 @@ def _run_here(spec: SweepSpec, todo: list[Point], isolate: bool | None) -> Itera
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".csv.part")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, table.to_csv(index=False))

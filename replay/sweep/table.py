@@ -4,7 +4,8 @@ Columns of ``results_table`` (``results.csv``), in order:
 
 - ``point`` (index), ``dir`` (the point's directory name), one column per axis (named by its key; an axis
   whose key is also a metric's name, such as ``duration_s``, is ``grid_<key>``), ``status`` (done, failed,
-  interrupted, pending) and ``error`` (the first line of a failed point's error.txt).
+  interrupted, pending), ``error`` (the first line of a failed point's error.txt) and ``resumed`` (a done point
+  finished by ``--resume``: its latencies include the in-flight work the interruption lost).
 - From the point's summary.json (``Summary.to_dict`` names): requests, finished, rejected, unfinished,
   duration_s, request/output/total-token throughput, median and p99 of TTFT, TPOT and E2E latency,
   ``energy_source`` (what the numbers are: a meter's label, or the simulator's power model, labelled
@@ -71,14 +72,17 @@ def results_table(sweep: SweepSpec | str | Path) -> pd.DataFrame:
         row.update({axis_column(k): v for k, v in point.values})
         row["status"] = state
         row["error"] = _first_line(out / ERROR_FILE) if state == "failed" else None
-        summary = _summary(out) if state == "done" else {}
+        doc = _summary_doc(out) if state == "done" else {}
+        summary = doc.get("summary", {})
+        row["resumed"] = ("resumed" in doc) if state == "done" else None
         row.update({name: summary.get(name) for name in METRICS})
         row["e_tok_j"] = row["energy_per_output_token_j"]  # [SS26]'s name for the summary's figure
         measured = summary.get("energy_source") is not None  # the run's verdict, whatever its records hold
         full, per_batch = _batch_energy(out, measured) if state == "done" else (None, None)
         row["full_batches"], row["energy_per_batch_j"] = full, per_batch
         rows.append(row)
-    columns = ["point", "dir", *(axis_column(a.key) for a in spec.axes), "status", "error", *METRICS, *EXTRA]
+    columns = ["point", "dir", *(axis_column(a.key) for a in spec.axes), "status", "error", "resumed", *METRICS,
+               *EXTRA]
     return pd.DataFrame(rows, columns=columns).astype(object).where(lambda f: f.notna(), None)
 
 
@@ -87,14 +91,14 @@ def _first_line(path: Path) -> str | None:
     return text.splitlines()[0] if text.strip() else None
 
 
-def _summary(out: Path) -> dict[str, Any]:
+def _summary_doc(out: Path) -> dict[str, Any]:
     try:
         doc = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{out / 'summary.json'}: not valid JSON ({exc.msg})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("summary"), dict):
         raise ValueError(f"{out / 'summary.json'}: expected a 'summary' mapping")
-    return doc["summary"]
+    return doc
 
 
 def _run_config(out: Path) -> RunConfig:

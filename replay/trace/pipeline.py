@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from replay.trace.formats import FORMATS, Chunk, ReadReport, detect
 from replay.trace.formats.base import check_counts, where_first
-from replay.trace.schema import OPTIONAL, SCHEMA, TraceError, Workload
+from replay.trace.formats.source import decompression_checked
+from replay.trace.schema import OPTIONAL, SCHEMA, TraceError, Workload, shown
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,14 @@ class ReadOptions:
 
 def _validated(path: Path, chunks: Iterator[Chunk], fields: tuple[str, str, str],
                unit: str = "line") -> Iterator[Chunk]:
-    """Positive token counts, and times that never go backwards (checked across chunk edges too).
+    """Positive token counts, times that never go backwards (checked across chunk edges too) and request ids
+    that are unique (a duplicate would be served once and its twin dropped on resume).
 
     `fields` names the input, output and time columns as the source file calls them.
     """
     last_ns: int | None = None
     last_line = 0
+    seen: dict[str, int] = {}                # id -> the line it was first on
     for chunk in chunks:
         check_counts(path, chunk.line, chunk.input_tokens, fields[0], unit)
         check_counts(path, chunk.line, chunk.output_tokens, fields[1], unit)
@@ -66,6 +69,15 @@ def _validated(path: Path, chunks: Iterator[Chunk], fields: tuple[str, str, str]
                                  f"time goes backwards ({(prev[i] - t[i]) / 1e9:.6g} s before {unit} {before}); "
                                  "the trace must be in time order (--sort reorders it, with a warning)", unit)
             last_ns, last_line = int(t[-1]), int(chunk.line[-1])
+        given = not chunk.ids_from_rows and chunk.id.null_count < len(chunk.id)     # row numbers cannot clash
+        ids = chunk.id.to_pylist() if given else ()
+        for i, request_id in enumerate(ids):
+            if request_id is None:
+                continue
+            first = seen.setdefault(request_id, int(chunk.line[i]))
+            if first != int(chunk.line[i]):
+                raise TraceError(path, int(chunk.line[i]), "id", f"request id {shown(request_id)} is already on "
+                                 f"{unit} {first}; every request needs an id of its own", unit)
         yield chunk
 
 
@@ -93,10 +105,10 @@ def canonical_batches(path: str | Path, options: ReadOptions = ReadOptions(),
     if path.is_dir():
         raise TraceError(path, None, None, "is a directory, expected a trace file")
     report = report if report is not None else ReadReport(str(path))
-    fmt = FORMATS[options.format] if options.format else detect(path)
+    fmt = FORMATS[options.format] if options.format else _detect(path)
     report.format = fmt.name
 
-    chunks = fmt.read(path, report)
+    chunks = decompression_checked(path, fmt.read(path, report))
     chunks = _sorted(chunks, report) if options.sort else chunks
     chunks = _validated(path, chunks, fmt.fields, fmt.unit)
     windowed = options.start_s is not None or options.duration_s is not None
@@ -142,6 +154,11 @@ def canonical_batches(path: str | Path, options: ReadOptions = ReadOptions(),
             break
     if kept == 0:
         raise TraceError(path, None, None, "no requests in the selected window" if windowed else "no requests")
+
+
+def _detect(path: Path):
+    """`detect`, with a corrupt compressed file reported as one line like any other read."""
+    return next(decompression_checked(path, (detect(path) for _ in range(1))))  # detect runs inside the check
 
 
 def _to_batch(chunk: Chunk, base_ns: int | None, kind: str | None) -> pa.RecordBatch:

@@ -32,6 +32,21 @@ REQUIRED = ("id", "arrival_s", "input_tokens", "output_tokens")
 OPTIONAL = tuple(c for c in COLUMNS if c not in REQUIRED)
 
 
+SHOWN_CHARS = 80  # a bad value quoted in an error is cut to this many characters
+
+
+def shown(value: object, limit_chars: int = SHOWN_CHARS) -> str:
+    """`repr(value)` for an error line, cut to `limit_chars` with its full length when longer.
+
+    Traces can hold a 100,000-character field; an error must stay one readable line whatever the input.
+    """
+    text = repr(value)
+    if len(text) <= limit_chars:
+        return text
+    length = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters as written"
+    return f"{text[:limit_chars]}... ({length})"
+
+
 class TraceError(ValueError):
     """Bad trace input, located: the file, the line (or row) and the field, and what was expected."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,13 +111,48 @@ def writer_kind(path: Path) -> str:
     raise ValueError(f"{path}: unknown output type {suffix!r}; name the file *.jsonl or *.parquet")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_parts(path: Path) -> list[str]:
+    """Remove `.part` files beside `path` left by writers that died (SIGKILL, power loss); say which.
+
+    A temporary's name carries its writer's pid (`.NAME.PID.RANDOM.part`); one whose pid is no longer alive
+    can never be finished. Live writers' temporaries, and names not of this form, are left alone.
+    """
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[A-Za-z0-9_]+\.part")
+    removed = []
+    for entry in sorted(os.listdir(path.parent)):
+        match = pattern.fullmatch(entry)
+        if match and not _pid_alive(int(match.group(1))):
+            try:
+                os.unlink(path.parent / entry)
+            except FileNotFoundError:  # another writer cleaned it first
+                continue
+            removed.append(f"removed {path.parent / entry}, left by a writer (pid {match.group(1)}) that is gone")
+    return removed
+
+
 @contextmanager
-def open_writer(path: str | Path) -> Iterator[BatchWriter]:
-    """A writer to a temporary file beside `path`, renamed onto it only when the block completes."""
+def open_writer(path: str | Path, notes: list[str] | None = None) -> Iterator[BatchWriter]:
+    """A writer to a temporary file beside `path`, renamed onto it only when the block completes.
+
+    Stale temporaries of dead writers to the same `path` are removed first, each noted in `notes`.
+    """
     path = Path(path)
     kind = writer_kind(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    removed = remove_stale_parts(path)
+    if notes is not None:
+        notes.extend(removed)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
     os.close(fd)
     writer: BatchWriter | None = None
     try:

@@ -333,6 +333,24 @@ def test_format_summary():
     assert "peak KV 60.0%" in text
 
 
+def test_format_summary_keeps_latency_columns_apart_at_1000_s_and_above():
+    """Issue 12 item 14: latencies of 1,000 s and more (1,000,000.00 ms, wider than the 11-character columns)
+    ran into each other; the columns widen so every number stays its own, and stay aligned."""
+    from dataclasses import replace
+
+    from replay.report.metrics import Dist
+    s = summarize(hand_requests(), hand_steps(), MODELLED)
+    s = replace(s, ttft=Dist(1234.5, 1000.0, 98765.4321, 123456789.0), e2el=Dist(2000.0, 2000.0, 3000.0, 4000.0))
+    lines = format_summary(s).splitlines()
+    table = [ln for ln in lines if ln.startswith("  ") and ln.split()[0] in ("TTFT", "TPOT", "ITL", "E2E", "queue")]
+    assert len(table) == 5 and len({len(ln) for ln in table}) == 1  # aligned columns
+    assert table[0].split() == ["TTFT", "1,234,500.00", "1,000,000.00", "98,765,432.10", "123,456,789,000.00"]
+    assert table[3].split() == ["E2E", "2,000,000.00", "2,000,000.00", "3,000,000.00", "4,000,000.00"]
+    header = next(ln for ln in lines if ln.startswith("latency (ms)"))
+    assert header.split() == ["latency", "(ms)", "mean", "median", "p90", "p99"]
+    assert len(header) == len(table[0])  # the headers stand over their columns
+
+
 # --- located errors -------------------------------------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ def runs(tmp_path_factory):
 def test_report_of_a_measured_real_run(runs):
     run = runs["measured"]
     report = build_report(run.out)
+    assert json.loads((run.out / "summary.json").read_text())["engine"]["energy"] == "measured by the meter"
     assert report.run.energy_kind == "measured" and report.run.timeline is not None
     # a real run on the CPU build: the estimates assume hardware.yaml's cpu entry, and say so
     assert report.assumed.hardware == "cpu" and "CPU build" in report.assumed.notes[0]
@@ -113,6 +114,9 @@ def test_report_of_a_real_run_without_a_meter(runs, tmp_path):
     assert "energy: not measured: --meter none" in text
     assert "measured J" not in text
     assert short_report(run).startswith("energy vs estimates: not measured: --meter none")
+    # issue 12 item 15: the engine info no longer says "measured by the meter" for a run without one
+    assert json.loads((run.out / "summary.json").read_text())["engine"]["energy"] == "not measured: --meter none"
+    assert run.engine["energy"] == "not measured: --meter none"
 
 
 def test_calibrate_power_on_a_measured_real_run_and_the_simulator_uses_it(runs, tmp_path):

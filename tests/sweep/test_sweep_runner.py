@@ -102,6 +102,8 @@ def test_a_point_interrupted_mid_run_is_resumed_not_restarted(tmp_path, monkeypa
     assert list(result.table["status"]) == ["done"] * 8 and list(result.table["finished"]) == [30] * 8
     records = (cut / "requests.jsonl").read_text().splitlines()
     assert records[:10] == kept and len({json.loads(r)["id"] for r in records}) == 30  # resumed, not redone
+    # results.csv marks it: its latencies include the in-flight work the interruption lost (issue 12, item 11)
+    assert list(result.table["resumed"]) == [False, True] + [False] * 6
 
 
 def test_a_failing_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):

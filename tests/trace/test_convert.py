@@ -305,7 +305,7 @@ TEXT = st.text(max_size=8)  # any unicode (no surrogates): quotes, backslashes, 
 @st.composite
 def workloads(draw) -> list[Request]:
     n = draw(st.integers(1, 25))
-    ids = draw(st.lists(st.text(min_size=1, max_size=10), min_size=n, max_size=n))
+    ids = draw(st.lists(st.text(min_size=1, max_size=10), min_size=n, max_size=n, unique=True))  # ids are unique
     if draw(st.booleans()):
         ns = [0] + sorted(draw(st.lists(st.integers(0, 2**50), min_size=n - 1, max_size=n - 1)))
         arrivals = [t / 1e9 for t in ns]

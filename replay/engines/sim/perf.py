@@ -52,7 +52,7 @@ import yaml
 
 from replay.engines.base import StepShape
 from replay.estimate.counting import coefficients, kv_bytes_per_token
-from replay.files import read_yaml
+from replay.files import read_yaml, write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -426,8 +426,7 @@ def save_params(path: str | Path, key: str, params: Any, fit: dict | None, meta:
         text = yaml.safe_dump(doc, sort_keys=False)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: meta is not plain YAML data (str, number, list, dict): {exc}") from None
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_atomic(path, text)
 
 
 def load_params(path: str | Path, key: str, cls: type, written_by: str) -> Any:

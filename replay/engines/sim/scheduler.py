@@ -74,7 +74,7 @@ class Seq:
         self.keys = keys              # prefix-cache key of each full prompt block, or None
         self.held: list = []          # keys of the cached blocks held, a prefix of ``keys``
         self.registering = keys is not None
-        self.cached_tokens = 0        # prompt tokens taken from the prefix cache (all admissions)
+        self.cached_tokens = 0        # prompt tokens taken from the prefix cache at the first admission
         self.computed_prefill = 0     # prompt and recompute tokens processed (all admissions)
 
 
@@ -330,7 +330,8 @@ class Scheduler:
                 if hits:
                     self._hold_hits(seq, hits)
                     seq.computed = start
-                    seq.cached_tokens += start
+                    if seq.preemptions == 0:     # a re-admission finds its own blocks: not a hit
+                        seq.cached_tokens = start
                 admitted_cached.append(hits * bs)
                 self._take(need)
                 seq.blocks = hits + need

@@ -8,7 +8,8 @@ from pathlib import Path
 from replay.trace.formats import azure, burstgpt, jsonl, parquet, splitwise
 from replay.trace.formats.base import Chunk, Format, ReadReport
 from replay.trace.formats.csvfile import read_header
-from replay.trace.schema import TraceError
+from replay.trace.formats.source import open_bytes
+from replay.trace.schema import TraceError, shown
 
 FORMATS: dict[str, Format] = {
     f.name: f
@@ -18,10 +19,9 @@ FORMATS: dict[str, Format] = {
 
 
 def detect(path: Path) -> Format:
-    """The format of `path`, told from its content (never its name); ambiguity is an error."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        f.seek(0)
+    """The format of `path`, told from its (decompressed) content, never its name; ambiguity is an error."""
+    with open_bytes(path) as f:  # the decompressed content, whatever the file's compression
+        head = f.peek(4)[:4]
         first, first_line = b"", 1
         for first_line, raw in enumerate(f, start=1):
             if raw.strip():
@@ -53,7 +53,7 @@ def detect(path: Path) -> Format:
         return FORMATS["splitwise"]
     if {"num_prefill_tokens", "num_decode_tokens"} <= header:
         return FORMATS["lengths"]
-    raise TraceError(path, 1, None, f"cannot tell the format from the header {text[:120]!r}; "
+    raise TraceError(path, 1, None, f"cannot tell the format from the header {shown(text)}; "
                                     f"use --format (one of {', '.join(FORMATS)})")
 
 

@@ -28,7 +28,7 @@ def read(path: Path, report: ReadReport) -> Iterator[Chunk]:
         report.rows_read += len(lines)
         yield Chunk(
             line=lines,
-            id=csvfile.row_ids(lines),
+            id=csvfile.row_ids(lines), ids_from_rows=True,
             input_tokens=csvfile.to_int(path, lines, cols["ContextTokens"], "ContextTokens"),
             output_tokens=csvfile.to_int(path, lines, cols["GeneratedTokens"], "GeneratedTokens"),
             arrival_ns=csvfile.to_timestamp_ns(path, lines, cols["TIMESTAMP"], "TIMESTAMP", with_zone),

@@ -19,7 +19,8 @@ class Chunk:
     """Rows parsed from a source, in file order, before windowing and rebasing.
 
     ``line`` is each row's 1-based line in the file (row number for Parquet); ``arrival_ns`` is an absolute
-    time in ns on the source's own clock, or None when the source has no timing.
+    time in ns on the source's own clock, or None when the source has no timing. ``ids_from_rows``: the source
+    has no ids and ``id`` holds row numbers, so they need no uniqueness check.
     """
 
     line: np.ndarray
@@ -28,6 +29,7 @@ class Chunk:
     output_tokens: np.ndarray
     arrival_ns: np.ndarray | None
     extra: dict[str, pa.Array] = field(default_factory=dict)
+    ids_from_rows: bool = False       # ids made from row numbers (csvfile.row_ids): unique by construction
 
     def __len__(self) -> int:
         return len(self.line)
@@ -38,7 +40,7 @@ class Chunk:
         return Chunk(
             self.line[index], self.id.take(idx), self.input_tokens[index], self.output_tokens[index],
             None if self.arrival_ns is None else self.arrival_ns[index],
-            {k: v.take(idx) for k, v in self.extra.items()},
+            {k: v.take(idx) for k, v in self.extra.items()}, self.ids_from_rows,
         )
 
     @staticmethod
@@ -51,6 +53,7 @@ class Chunk:
             np.concatenate([c.output_tokens for c in chunks]),
             None if first.arrival_ns is None else np.concatenate([c.arrival_ns for c in chunks]),
             {k: pa.concat_arrays([c.extra[k] for c in chunks]) for k in first.extra},
+            all(c.ids_from_rows for c in chunks),
         )
 
 

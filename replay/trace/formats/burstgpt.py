@@ -31,7 +31,7 @@ def read(path: Path, report: ReadReport) -> Iterator[Chunk]:
         out = csvfile.to_int(path, lines, cols["Response tokens"], "Response tokens")
         chunk = Chunk(
             line=lines,
-            id=csvfile.row_ids(lines),
+            id=csvfile.row_ids(lines), ids_from_rows=True,
             input_tokens=csvfile.to_int(path, lines, cols["Request tokens"], "Request tokens"),
             output_tokens=out,
             arrival_ns=csvfile.to_seconds_ns(path, lines, cols["Timestamp"], "Timestamp"),

@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from replay.trace.formats.base import OPTIONAL_ARROW, Chunk, Format, ReadReport
 from replay.trace.formats.csvfile import int_problem
-from replay.trace.schema import OPTIONAL, TraceError
+from replay.trace.formats.source import open_bytes
+from replay.trace.schema import OPTIONAL, TraceError, shown
 
 ROWS_PER_CHUNK = 65536
 MOONCAKE_BLOCK_TOKENS = 512
@@ -26,14 +27,17 @@ MOONCAKE_BLOCK_TOKENS = 512
 def iter_objects(path: Path) -> Iterator[tuple[int, dict]]:
     """(line, object) for each non-blank line; bad JSON or a non-object names its line."""
     seen = False
-    with open(path, "rb") as f:
+    with open_bytes(path) as f:  # decompressed, whatever the file's compression
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             try:
                 obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            except UnicodeDecodeError as exc:
+                raise TraceError(path, line_no, None, f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at byte "
+                                                      f"{exc.start + 1} of the line); the trace must be UTF-8 text") from None
+            except json.JSONDecodeError as exc:
+                msg = exc.msg
                 raise TraceError(path, line_no, None, f"not valid JSON ({msg}); expected one JSON object per line") from None
             if not isinstance(obj, dict):
                 raise TraceError(path, line_no, None, f"expected a JSON object, got {type(obj).__name__}")
@@ -47,7 +51,7 @@ def _count(path: Path, line: int, obj: dict, key: str) -> int:
     if key not in obj:
         raise TraceError(path, line, key, "missing; expected a positive whole number of tokens")
     value = obj[key]
-    why = int_problem(value) if not isinstance(value, str) else f"expected a number, got the string {value!r}"
+    why = int_problem(value) if not isinstance(value, str) else f"expected a number, got the string {shown(value)}"
     if why:
         raise TraceError(path, line, key, why)
     return int(value)
@@ -57,17 +61,17 @@ def _seconds(path: Path, line: int, value: object, key: str, scale_ns: float) ->
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TraceError(path, line, key, f"expected a number (or null), got {value!r}")
+        raise TraceError(path, line, key, f"expected a number (or null), got {shown(value)}")
     ns = value * scale_ns
     if not abs(ns) < 2.0 ** 63:  # int64 nanoseconds: about 292 years
-        raise TraceError(path, line, key, f"time {value!r} is out of range")
+        raise TraceError(path, line, key, f"time {shown(value)} is out of range")
     return round(ns)
 
 
 def _text(path: Path, line: int, obj: dict, key: str) -> str | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
-        raise TraceError(path, line, key, f"expected a string (or null), got {value!r}")
+        raise TraceError(path, line, key, f"expected a string (or null), got {shown(value)}")
     return value
 
 
@@ -76,7 +80,7 @@ def _blocks(path: Path, line: int, value: object, key: str) -> list[int] | None:
         return None
     if not isinstance(value, list) or any(isinstance(b, bool) or not isinstance(b, int) or not -2 ** 63 <= b < 2 ** 63
                                           for b in value):
-        raise TraceError(path, line, key, f"expected a list of whole numbers (or null), got {value!r}")
+        raise TraceError(path, line, key, f"expected a list of whole numbers (or null), got {shown(value)}")
     return value
 
 
@@ -136,13 +140,13 @@ def _canonical_row(path: Path):
             raise TraceError(path, line, "id", "missing; expected a string")
         id_ = obj["id"]
         if not isinstance(id_, str) or not id_:
-            raise TraceError(path, line, "id", f"expected a non-empty string, got {id_!r}")
+            raise TraceError(path, line, "id", f"expected a non-empty string, got {shown(id_)}")
         if "arrival_s" not in obj:
             raise TraceError(path, line, "arrival_s", "missing; expected seconds from the first request, or null")
         blocks = _blocks(path, line, obj.get("prefix_blocks"), "prefix_blocks")
         block_tokens = obj.get("block_tokens")
         if block_tokens is not None and (int_problem(block_tokens) or isinstance(block_tokens, str) or block_tokens <= 0):
-            raise TraceError(path, line, "block_tokens", f"expected a positive whole number, got {block_tokens!r}")
+            raise TraceError(path, line, "block_tokens", f"expected a positive whole number, got {shown(block_tokens)}")
         if blocks is not None and block_tokens is None:
             raise TraceError(path, line, "block_tokens", "missing; prefix_blocks needs the tokens per block")
         rows.add(

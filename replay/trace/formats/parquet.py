@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from replay.trace.formats.base import OPTIONAL_ARROW, Chunk, Format, ReadReport, first_bad
-from replay.trace.schema import TraceError
+from replay.trace.formats.source import compression, open_bytes
+from replay.trace.schema import TraceError, shown
 
 BATCH_ROWS = 1 << 20
 
@@ -29,12 +30,20 @@ def _ints(path: Path, rows: np.ndarray, arr: pa.Array, field: str) -> np.ndarray
     except (pa.ArrowInvalid, ValueError):
         i = first_bad(arr, cast)
         raise TraceError(path, int(rows[i]), field,
-                         f"expected a positive whole number of tokens, got {arr[i].as_py()!r}", unit="row") from None
+                         f"expected a positive whole number of tokens, got {shown(arr[i].as_py())}", unit="row") from None
+
+
+def _seekable(path: Path) -> Path | pa.BufferReader:
+    """Parquet needs random access: a compressed file is decompressed into memory (plain files are not)."""
+    if compression(path) is None:
+        return path
+    with open_bytes(path) as f:
+        return pa.BufferReader(f.read())
 
 
 def read(path: Path, report: ReadReport) -> Iterator[Chunk]:
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(_seekable(path))
     except (pa.ArrowInvalid, OSError) as exc:
         raise TraceError(path, None, None, f"not a readable Parquet file: {exc}") from None
     names = pf.schema_arrow.names

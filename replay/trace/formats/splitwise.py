@@ -27,7 +27,7 @@ def _read(path: Path, report: ReadReport, timed: bool) -> Iterator[Chunk]:
         report.rows_read += len(lines)
         yield Chunk(
             line=lines,
-            id=csvfile.row_ids(lines),
+            id=csvfile.row_ids(lines), ids_from_rows=True,
             input_tokens=csvfile.to_int(path, lines, cols["num_prefill_tokens"], "num_prefill_tokens"),
             output_tokens=csvfile.to_int(path, lines, cols["num_decode_tokens"], "num_decode_tokens"),
             arrival_ns=csvfile.to_seconds_ns(path, lines, cols["arrived_at"], "arrived_at") if timed else None,

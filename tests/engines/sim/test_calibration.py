@@ -23,7 +23,7 @@ def test_h200_ships_perf_and_power_fitted_on_measured_runs_with_their_provenance
         meta = read_yaml(path)["meta"]
         assert meta["gpu"] == "h200" and meta["model"] == "llama-3.1-8b"
         assert "vLLM 0.26.0" in meta["measured"] and "gpu-h200-2026-12" in meta["data"]
-        assert meta["command"].startswith(f"replay calibrate ") and f"--{kind}" in meta["command"]
+        assert meta["command"].startswith("replay calibrate ") and f"--{kind}" in meta["command"]
     fit = read_yaml(shipped_calibration("h200", "power"))["fit"]
     assert {e["run"].rsplit("/", 1)[-1] for e in fit["held_out"]} == {"chat", "code", "grid"}
     assert shipped_calibration("h100-sxm", "perf") is None
