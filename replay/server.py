@@ -35,7 +35,7 @@ from replay.arrivals import wait_until
 from replay.engines.base import Engine, Step
 from replay.trace.schema import Request
 
-__all__ = ["ROUTERS", "Recorder", "RequestRecord", "Router", "STEP_FIELDS", "ServerLoop"]
+__all__ = ["ROUTERS", "Completions", "Recorder", "RequestRecord", "Router", "STEP_FIELDS", "ServerLoop"]
 
 STEP_FIELDS = ("replica", "step", "start_s", "end_s", "duration_s", "prefill_tokens", "decode_tokens", "num_seqs",
                "sampled_seqs", "attn_pairs", "kv_read_tokens", "running", "waiting", "kv_blocks_used",
@@ -202,10 +202,7 @@ class Recorder:
                 self._maybe_flush()
 
     def _steps_write(self, text: str) -> None:
-        try:
-            self._steps_file.write(text)       # the buffer may go to disk here: a full disk names the file
-        except OSError as exc:
-            raise OSError(exc.errno, f"{self._steps_file.name}: cannot write: {exc.strerror or exc}") from None
+        _written(self._steps_file, text, flush=False)   # the buffer may go to disk here: a full disk names the file
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
@@ -217,7 +214,7 @@ class Recorder:
         self._next_flush = time.monotonic() + self.flush_s
         if self._steps_file is None:
             return
-        _written(self._steps_file, None)
+        _written(self._steps_file, "")
         _written(self._requests_file, "".join(self._pending))
         self._pending, self._pending_bytes = [], 0
 
@@ -235,12 +232,13 @@ class Recorder:
             self._steps_file = self._requests_file = None
 
 
-def _written(f: IO[str], text: str | None) -> None:
-    """Write ``text`` (if any) and flush ``f``; a failure (a full disk) is an OSError naming the file."""
+def _written(f: IO[str], text: str, flush: bool = True) -> None:
+    """Write ``text`` to ``f`` (and flush it); a failure (a full disk) is an OSError naming the file."""
     try:
         if text:
             f.write(text)
-        f.flush()
+        if flush:
+            f.flush()
     except OSError as exc:
         raise OSError(exc.errno, f"{f.name}: cannot write: {exc.strerror or exc} (the records written so far are "
                                  f"kept; free space, then go on with replay run --resume)") from None
@@ -263,7 +261,45 @@ def run_clock(env: simpy.Environment) -> Callable[[], float]:
     return lambda: env.now
 
 
-class ServerLoop:
+class Completions:
+    """What the arrival processes wait on, kept alike by every replica's loop (``ServerLoop`` here, the HTTP
+    client's ``ClientLoop``): an event per request that fires when it ends, ``close`` when no more will come, and
+    a wake-up for the loop's own process."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self.events: dict[str, simpy.Event] = {}
+        self.done: set[str] = set()
+        self.closed = False
+        self._wake: simpy.Event | None = None
+
+    def finished(self, request_id: str) -> simpy.Event:
+        if request_id in self.done:
+            event = self.env.event()
+            event.succeed()
+            return event
+        if request_id not in self.events:
+            self.events[request_id] = self.env.event()
+        return self.events[request_id]
+
+    def close(self) -> None:
+        """No more requests will come: the loop ends once what is in flight has ended."""
+        self.closed = True
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _completed(self, request_id: str) -> None:
+        """The request is over: whoever waits on it goes on."""
+        self.done.add(request_id)
+        event = self.events.pop(request_id, None)
+        if event is not None:
+            event.succeed()
+
+
+class ServerLoop(Completions):
     """The server loop of one replica: a SimPy process driving ``engine`` and feeding ``recorder``."""
 
     def __init__(self, env: simpy.Environment, engine: Engine, recorder: Recorder, replica: int = 0,
@@ -272,22 +308,19 @@ class ServerLoop:
         """``next_arrival()``: the earliest time a new request may reach this replica (default: the next event
         of the environment, always safe; the runner passes the arrival schedule when it is known).
         ``first_step``: the index of the first step (a resumed run goes on from where its records stop)."""
-        self.env, self.engine, self.recorder, self.replica = env, engine, recorder, replica
+        super().__init__(env)
+        self.engine, self.recorder, self.replica = engine, recorder, replica
         self.next_arrival = next_arrival
         self.clock = run_clock(env)
         self.on_finish = on_finish
         self.pending: list[RequestRecord] = []
         self.records: dict[str, RequestRecord] = {}
-        self.events: dict[str, simpy.Event] = {}
-        self.done: set[str] = set()
         self.outstanding = 0
-        self.closed = False
         self.busy_s = 0.0
         self.steps = 0
         self.energy_known = True   # every step so far came with the engine's energy
         self.first_step = first_step
         self.per_token_sum = array("d", bytes(8 * first_step))  # [k]: sum over steps ..k of energy / tokens
-        self._wake: simpy.Event | None = None
         self.process = env.process(self._run())
 
     # --- what arrival processes and the router call ------------------------------------------------------
@@ -301,24 +334,6 @@ class ServerLoop:
         self.outstanding += 1
         self._poke()
 
-    def finished(self, request_id: str) -> simpy.Event:
-        if request_id in self.done:
-            event = self.env.event()
-            event.succeed()
-            return event
-        if request_id not in self.events:
-            self.events[request_id] = self.env.event()
-        return self.events[request_id]
-
-    def close(self) -> None:
-        """No more requests will come: the loop ends once the engine has drained."""
-        self.closed = True
-        self._poke()
-
-    def _poke(self) -> None:
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
-
     # --- the loop ----------------------------------------------------------------------------------------
 
     def _settle(self, record: RequestRecord) -> None:
@@ -330,14 +345,11 @@ class ServerLoop:
         rid = record.request.id
         self._settle(record)
         del self.records[rid]
-        self.done.add(rid)
         self.outstanding -= 1
         self.recorder.request(record.to_dict(self.energy_known))
         if self.on_finish is not None:
             self.on_finish(record)
-        event = self.events.pop(rid, None)
-        if event is not None:
-            event.succeed()
+        self._completed(rid)
 
     def _admit_pending(self) -> None:
         pending, self.pending = self.pending, []

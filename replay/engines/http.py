@@ -42,6 +42,7 @@ from typing import Any, Callable, Generator
 import simpy
 
 from replay.engines.prompts import Tokens
+from replay.server import Completions
 from replay.trace.schema import Request
 
 __all__ = ["ClientLoop", "Launched", "ServerEngine", "ServerGone", "Target", "WallClock", "check_url", "healthy",
@@ -371,23 +372,20 @@ class WallClock:
 
 # --- one replica: a client of one server ----------------------------------------------------------------------
 
-class ClientLoop:
+class ClientLoop(Completions):
     """What the arrival processes and the router see of one server (as ``replay.server.ServerLoop``): each
     submitted request streams as its own asyncio task; records go to ``recorder`` as requests end."""
 
     def __init__(self, clock: WallClock, session: Any, target: Target, recorder: Any, replica: int = 0,
                  seed: int = 0, timeout_s: float | None = None, on_finish: Callable[[dict], None] | None = None):
-        self.clock, self.env, self.session, self.target = clock, clock.env, session, target
+        super().__init__(clock.env)
+        self.clock, self.session, self.target = clock, session, target
         self.recorder, self.replica, self.on_finish = recorder, replica, on_finish
         self.timeout_s = timeout_s
         self.tokens = Tokens(target.vocab_size, seed)
         self.outstanding = 0
-        self.closed = False
-        self.done: set[str] = set()
         self.submitted: set[str] = set()
-        self.events: dict[str, simpy.Event] = {}
         self.tasks: set[asyncio.Task] = set()
-        self._wake: simpy.Event | None = None
         self.process = self.env.process(self._wait())
 
     def submit(self, request: Request, scheduled_s: float) -> None:
@@ -399,21 +397,6 @@ class ClientLoop:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def finished(self, request_id: str) -> simpy.Event:
-        if request_id not in self.events:
-            self.events[request_id] = self.env.event()
-            if request_id in self.done:
-                self.events[request_id].succeed()
-        return self.events[request_id]
-
-    def close(self) -> None:
-        self.closed = True
-        self._poke()
-
-    def _poke(self) -> None:
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
-
     def _wait(self) -> Generator[simpy.Event, Any, None]:
         while not (self.closed and self.outstanding == 0):
             self._wake = self.env.event()
@@ -421,15 +404,11 @@ class ClientLoop:
 
     def _end(self, record: dict[str, Any]) -> None:
         """Inside the environment: the request is over (recorded; closed loops may go on)."""
-        rid = record["id"]
-        self.done.add(rid)
         self.outstanding -= 1
         self.recorder.request(record)
         if self.on_finish is not None:
             self.on_finish(record)
-        event = self.events.get(rid)
-        if event is not None and not event.triggered:
-            event.succeed()
+        self._completed(record["id"])
         self._poke()
 
     async def _one(self, request: Request, scheduled_s: float, submitted_s: float) -> None:

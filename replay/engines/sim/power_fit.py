@@ -125,22 +125,21 @@ class _Run:
         flops, nbytes = _work(perf, steps)
         s, e = steps["start_s"].to_numpy(float), steps["end_s"].to_numpy(float)
         d = e - s
-        active = (flops > 0) & (d > 0)
-        self.replica = (steps["replica"].to_numpy() if "replica" in steps.columns
-                        else np.zeros(len(steps), dtype=int))[active]
-        self.s, self.e, self.d = s[active], e[active], d[active]
+        replica = steps["replica"].to_numpy() if "replica" in steps.columns else np.zeros(len(steps), dtype=int)
+        active = np.flatnonzero((flops > 0) & (d > 0))
+        active = active[np.lexsort((s[active], replica[active]))]    # by replica, then by start: sorted once
+        self.s, self.d = s[active], d[active]
         self.flops, self.nbytes = flops[active], nbytes[active]
-        self.n_steps = int(active.sum())
+        self.n_steps = len(active)
+        cuts = np.flatnonzero(np.diff(replica[active])) + 1
+        self._replicas = [slice(a, b) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(active)], strict=True)]
 
     def window_sums(self, q: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Per window, the sum over steps of q times the fraction of the step inside the window (each step's q
-        spread evenly over its duration; steps of one replica do not overlap)."""
+        """Per window, the sum over steps of q (in step order) times the fraction of the step inside the window
+        (each step's q spread evenly over its duration; steps of one replica do not overlap)."""
         total = np.zeros(len(self.start_s))
-        for r in np.unique(self.replica):
-            m = self.replica == r
-            s, d, qq = self.s[m], self.d[m], q[m]
-            order = np.argsort(s, kind="stable")
-            s, d, qq = s[order], d[order], qq[order]
+        for r in self._replicas:
+            s, d, qq = self.s[r], self.d[r], q[r]
             total += _spread_until(s, d, qq, self.end_s) - _spread_until(s, d, qq, self.start_s)
         return total if rows is None else total[rows]
 
@@ -173,9 +172,14 @@ class _Coef:
     j_per_byte: float  # b, per GPU
 
 
+def _step_power_w(run: _Run, coef: _Coef) -> np.ndarray:
+    """Each step's modelled power per GPU, before the cap."""
+    return coef.idle_w + coef.busy_w + (coef.j_per_flop * run.flops + coef.j_per_byte * run.nbytes) / run.d
+
+
 def _predict(run: _Run, coef: _Coef, max_w: float, tp: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Modelled joules of each window (the replica: tp GPUs)."""
-    p = coef.idle_w + coef.busy_w + (coef.j_per_flop * run.flops + coef.j_per_byte * run.nbytes) / run.d
+    p = _step_power_w(run, coef)
     step_w = np.minimum(p, max_w) - coef.idle_w                     # above idle, per GPU
     length = run.length_s if rows is None else run.length_s[rows]
     return tp * (coef.idle_w * length + run.window_sums(step_w * run.d, rows))
@@ -183,8 +187,7 @@ def _predict(run: _Run, coef: _Coef, max_w: float, tp: int, rows: np.ndarray | N
 
 def _capped(runs: list[tuple[_Run, np.ndarray]], coef: _Coef, max_w: float) -> list[np.ndarray]:
     """Per run, the steps the model with ``coef`` puts above the cap."""
-    return [coef.idle_w + coef.busy_w + (coef.j_per_flop * r.flops + coef.j_per_byte * r.nbytes) / r.d > max_w
-            for r, _ in runs]
+    return [_step_power_w(r, coef) > max_w for r, _ in runs]
 
 
 def _objective(runs: list[tuple[_Run, np.ndarray]], coef: _Coef, max_w: float, tp: int) -> float:
